@@ -1,0 +1,471 @@
+"""FeatureSpec: the one object that turns events into a flat float32 matrix.
+
+The same :meth:`FeatureSpec.transform` runs on every partition at training time and on every
+request at serving time, so training and serving cannot disagree on the features.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mlaas_dask.errors import FeatureError, did_you_mean
+from mlaas_dask.features.expressions import Expression
+from mlaas_dask.features.jagged import fill_slots, offsets_and_content, order_within_events
+
+SPEC_VERSION = 1
+
+
+@dataclass
+class Collection:
+    """A jagged collection of objects (jets, muons...) flattened to ``n`` slots per field.
+
+    Parameters
+    ----------
+    name
+        Collection name, e.g. ``"Jet"``; its branches are ``prefix + field``.
+    fields
+        Fields to use as features, e.g. ``["pt", "eta"]`` for ``Jet_pt``, ``Jet_eta``.
+    n
+        Number of objects kept per event (the rest are clipped; missing ones are NaN).
+        ``None`` means "estimate from a sample of the data" (see :func:`estimate_n`).
+    sort_by
+        Field (stored or derived) to order objects by before clipping; ``None`` keeps
+        the stored order.
+    ascending
+        Sort direction; the default (``False``) keeps the hardest objects.
+    multiplicity
+        Add the number of objects in the event (before clipping) as feature ``n<name>``.
+    derived
+        Per-object fields computed from stored ones, e.g. ``{"pt": "hypot(Px, Py)"}``.
+    prefix
+        Branch name prefix; defaults to ``name + "_"``.
+    quantile
+        Multiplicity quantile used when ``n`` is estimated.
+    """
+
+    name: str
+    fields: list[str]
+    n: int | None = None
+    sort_by: str | None = None
+    ascending: bool = False
+    multiplicity: bool = True
+    derived: dict[str, str] = field(default_factory=dict)
+    prefix: str | None = None
+    quantile: float = 0.95
+
+    def __post_init__(self) -> None:
+        if not self.fields:
+            raise FeatureError(f"Collection {self.name!r} lists no fields; give at least one.")
+        if self.n is not None and (not isinstance(self.n, int) or self.n < 1):
+            raise FeatureError(
+                f"Collection {self.name!r}: n must be a positive integer or 'auto', "
+                f"not {self.n!r}."
+            )
+        if not 0 < self.quantile <= 1:
+            raise FeatureError(
+                f"Collection {self.name!r}: quantile must be in (0, 1], not {self.quantile!r}."
+            )
+        self._derived = {
+            key: Expression(text, f"derived field {key!r} of collection {self.name!r}")
+            for key, text in self.derived.items()
+        }
+
+    @property
+    def branch_prefix(self) -> str:
+        return self.prefix if self.prefix is not None else f"{self.name}_"
+
+    def stored_fields(self) -> list[str]:
+        """Fields read from the file: used ones that are not derived, and the derived
+        fields' inputs."""
+        wanted = [f for f in self.fields if f not in self.derived]
+        if self.sort_by is not None and self.sort_by not in self.derived:
+            wanted.append(self.sort_by)
+        for expression in self._derived.values():
+            wanted.extend(sorted(expression.names))
+        return list(dict.fromkeys(wanted))
+
+    def branches(self) -> list[str]:
+        return [self.branch_prefix + f for f in self.stored_fields()]
+
+    def feature_names(self) -> list[str]:
+        if self.n is None:
+            raise FeatureError(
+                f"Collection {self.name!r} has n: auto and has not been sized yet; call "
+                "FeatureSpec.resolve() on a sample of the data first."
+            )
+        names = [f"n{self.name}"] if self.multiplicity else []
+        for fld in self.fields:
+            names.extend(f"{self.name}_{fld}_{i}" for i in range(self.n))
+        return names
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "fields": list(self.fields),
+            "n": self.n if self.n is not None else "auto",
+            "sort_by": self.sort_by,
+            "ascending": self.ascending,
+            "multiplicity": self.multiplicity,
+        }
+        if self.derived:
+            out["derived"] = dict(self.derived)
+        if self.prefix is not None:
+            out["prefix"] = self.prefix
+        if self.n is None or self.quantile != 0.95:
+            out["quantile"] = self.quantile
+        return out
+
+
+@dataclass
+class FeatureSpec:
+    """Events -> float32 matrix: flat branches, jagged collections, derived features.
+
+    Parameters
+    ----------
+    flat
+        Flat (one value per event) branches used as they are.
+    collections
+        Jagged collections, by name.
+    derived
+        Event-level features from expressions over branches, in order, e.g.
+        ``{"HT": "sum(Jet_pt)", "MET": "hypot(MET_px, MET_py)"}``.
+
+    Examples
+    --------
+    >>> spec = FeatureSpec(flat=["MET_pt"], collections={"Jet": Collection("Jet", ["pt"], n=2)})
+    >>> spec.feature_names
+    ['MET_pt', 'nJet', 'Jet_pt_0', 'Jet_pt_1']
+    """
+
+    flat: list[str] = field(default_factory=list)
+    collections: dict[str, Collection] = field(default_factory=dict)
+    derived: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._derived = {
+            key: Expression(text, f"derived feature {key!r}") for key, text in self.derived.items()
+        }
+        if not (self.flat or self.collections or self.derived):
+            raise FeatureError(
+                "The features block is empty: list flat branches, collections or derived "
+                "features (run 'mlaas inspect FILE' for a suggested block)."
+            )
+        names = self.feature_names if self.is_resolved else []
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise FeatureError(f"Feature names appear twice: {', '.join(duplicates)}.")
+
+    # -- description ----------------------------------------------------------------------
+
+    @property
+    def is_resolved(self) -> bool:
+        """True when every collection has a fixed ``n``."""
+        return all(c.n is not None for c in self.collections.values())
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Column names of the matrix, in order."""
+        names = list(self.flat)
+        for collection in self.collections.values():
+            names.extend(collection.feature_names())
+        names.extend(self.derived)
+        return names
+
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_names)
+
+    def flat_branches(self) -> list[str]:
+        """Branches read as one value per event (flat features and derived inputs that
+        are not collection branches)."""
+        jagged = set(self.jagged_branches())
+        wanted = list(self.flat)
+        for expression in self._derived.values():
+            wanted.extend(n for n in sorted(expression.names) if n not in self.derived)
+        return [b for b in dict.fromkeys(wanted) if b not in jagged]
+
+    def jagged_branches(self) -> list[str]:
+        """Branches read as one list per event."""
+        return list(dict.fromkeys(b for c in self.collections.values() for b in c.branches()))
+
+    def branches(self) -> list[str]:
+        """Every branch :meth:`transform` reads: the column projection of a dataset."""
+        return list(dict.fromkeys(self.flat_branches() + self.jagged_branches()))
+
+    # -- sizing -----------------------------------------------------------------------------
+
+    def resolve(self, multiplicities: Mapping[str, np.ndarray]) -> FeatureSpec:
+        """A copy whose ``n: auto`` collections are sized from sampled multiplicities.
+
+        ``multiplicities`` maps collection names to per-event object counts from a sample.
+        """
+        collections = {}
+        for name, collection in self.collections.items():
+            if collection.n is None:
+                counts = multiplicities.get(name)
+                if counts is None or len(counts) == 0:
+                    raise FeatureError(
+                        f"Cannot estimate n for collection {name!r}: no events were sampled."
+                    )
+                n = estimate_n(counts, collection.quantile)
+                collection = dataclasses.replace(collection, n=n)
+            collections[name] = collection
+        return FeatureSpec(flat=list(self.flat), collections=collections,
+                           derived=dict(self.derived))
+
+    # -- the transformation -----------------------------------------------------------------
+
+    def transform(self, events: Any) -> np.ndarray:
+        """The float32 feature matrix of ``events``, one row per event.
+
+        ``events`` is an awkward record array (one partition, or a request turned into
+        awkward) or a mapping of branch names to arrays. Missing objects and non-finite
+        inputs become NaN, XGBoost's "missing".
+        """
+        return self.transform_with_stats(events)[0]
+
+    def transform_with_stats(self, events: Any) -> tuple[np.ndarray, dict[str, int]]:
+        """:meth:`transform`, plus the number of non-finite input values per branch."""
+        if not self.is_resolved:
+            self.feature_names  # raises the explanation
+        available = _field_names(events)
+        missing = [b for b in self.branches() if b not in available]
+        if missing:
+            raise FeatureError(
+                f"Branch {missing[0]!r} needed by the features is missing from the events."
+                + did_you_mean(missing[0], available, "branches")
+            )
+        n_events = _length(events)
+        out = np.full((n_events, self.n_features), np.nan, dtype=np.float32)
+        nonfinite: dict[str, int] = {}
+        column = 0
+        for name in self.flat:
+            values = _flat_values(events[name], name)
+            out[:, column] = values
+            column += 1
+        for collection in self.collections.values():
+            column = self._fill_collection(events, collection, out, column)
+        if self._derived:
+            namespace = _LazyNamespace(events)
+            for name, expression in self._derived.items():
+                value = _as_column(expression(namespace), n_events, f"derived feature {name!r}")
+                out[:, column] = value
+                namespace.values[name] = value
+                column += 1
+        bad = ~np.isfinite(out)
+        if bad.any():
+            # padding is NaN by design; only non-finite *inputs* are counted
+            for name in self.flat:
+                count = int(np.count_nonzero(~np.isfinite(_flat_values(events[name], name))))
+                if count:
+                    nonfinite[name] = count
+            for branch in self.jagged_branches():
+                parts = offsets_and_content(events[branch])
+                if parts is not None:
+                    offsets, content = parts
+                    values = content[offsets[0]:offsets[-1]]
+                    count = int(np.count_nonzero(~np.isfinite(values)))
+                    if count:
+                        nonfinite[branch] = count
+            out[np.isinf(out)] = np.nan
+        return out, nonfinite
+
+    def _fill_collection(
+        self, events: Any, collection: Collection, out: np.ndarray, column: int
+    ) -> int:
+        assert collection.n is not None
+        stored: dict[str, np.ndarray] = {}
+        offsets = None
+        reference = None
+        for fld, branch in zip(collection.stored_fields(), collection.branches(), strict=True):
+            parts = offsets_and_content(events[branch])
+            if parts is None:
+                raise FeatureError(
+                    f"Branch {branch!r} of collection {collection.name!r} is not jagged "
+                    f"(one value per event, type {_type_name(events[branch])}). List it under "
+                    "'flat:' instead, or pick the collection's per-object branches."
+                )
+            these_offsets, content = parts
+            if offsets is None:
+                offsets, reference = these_offsets, branch
+            elif not _same_counts(offsets, these_offsets):
+                raise FeatureError(
+                    f"Branches {reference!r} and {branch!r} of collection "
+                    f"{collection.name!r} have different numbers of objects per event; a "
+                    "collection's branches must share one counter."
+                )
+            # re-base onto the first field's offsets so every field shares one index
+            stored[fld] = content[these_offsets[0]:these_offsets[-1]]
+        assert offsets is not None
+        offsets = offsets - offsets[0]
+        values: dict[str, np.ndarray] = dict(stored)
+        for key, expression in collection._derived.items():
+            values[key] = np.asarray(expression(stored), dtype=np.float64)
+        order = None
+        if collection.sort_by is not None:
+            if collection.sort_by not in values:
+                raise FeatureError(
+                    f"Collection {collection.name!r} is sorted by {collection.sort_by!r}, "
+                    f"which is neither a stored nor a derived field."
+                    + did_you_mean(collection.sort_by, values, "fields")
+                )
+            order = order_within_events(
+                offsets, values[collection.sort_by], descending=not collection.ascending
+            )
+        if collection.multiplicity:
+            out[:, column] = np.diff(offsets)
+            column += 1
+        for fld in collection.fields:
+            fill_slots(out, column, offsets, values[fld], collection.n, order)
+            column += collection.n
+        return column
+
+    # -- serialisation ----------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"version": SPEC_VERSION, "flat": list(self.flat)}
+        out["collections"] = {k: c.to_dict() for k, c in self.collections.items()}
+        out["derived"] = dict(self.derived)
+        if self.is_resolved:
+            out["feature_names"] = self.feature_names
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FeatureSpec:
+        """Build from the dict form (a job's ``features:`` block or ``features.json``)."""
+        version = data.get("version", SPEC_VERSION)
+        if version != SPEC_VERSION:
+            raise FeatureError(
+                f"features.json has version {version}; this mlaas_dask reads version "
+                f"{SPEC_VERSION}. Retrain the model or upgrade mlaas_dask."
+            )
+        collections = {}
+        for name, spec in (data.get("collections") or {}).items():
+            spec = dict(spec)
+            n = spec.pop("n", "auto")
+            collections[name] = Collection(
+                name=name, n=None if n in (None, "auto") else n, **spec
+            )
+        return cls(
+            flat=list(data.get("flat") or []),
+            collections=collections,
+            derived=dict(data.get("derived") or {}),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> FeatureSpec:
+        return cls.from_dict(json.loads(text))
+
+
+def estimate_n(counts: np.ndarray, quantile: float = 0.95) -> int:
+    """Objects to keep per event: the ``quantile`` of the sampled multiplicity (at least 1).
+
+    MLaaS4HEP pads to the maximum seen over a full pass; a quantile of a sample keeps the
+    matrix small and stable against rare, very busy events.
+    """
+    counts = np.asarray(counts)
+    return max(1, int(math.ceil(float(np.quantile(counts, quantile)))))
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+class _LazyNamespace(dict):  # type: ignore[type-arg]
+    """Branch lookup for derived expressions: flat branches as numpy, jagged as awkward."""
+
+    def __init__(self, events: Any) -> None:
+        super().__init__()
+        self.events = events
+        self.values: dict[str, Any] = self
+        self._names = set(_field_names(events))
+
+    def __contains__(self, key: object) -> bool:
+        return dict.__contains__(self, key) or key in self._names
+
+    def keys(self):  # type: ignore[override]
+        return set(dict.keys(self)) | self._names
+
+    def __missing__(self, key: str) -> Any:
+        value = self.events[key]
+        if offsets_and_content(value) is None:
+            value = _flat_values(value, key)
+        self[key] = value
+        return value
+
+
+def _field_names(events: Any) -> list[str]:
+    fields = getattr(events, "fields", None)
+    if fields is not None:
+        return list(fields)
+    return list(events.keys())
+
+
+def _length(events: Any) -> int:
+    if hasattr(events, "fields"):
+        return len(events)
+    for value in events.values():
+        return len(value)
+    return 0
+
+
+def _type_name(array: Any) -> str:
+    try:
+        import awkward as ak
+
+        return str(ak.type(array).content)
+    except Exception:  # noqa: BLE001 - only for a message
+        return type(array).__name__
+
+
+def _flat_values(array: Any, name: str) -> np.ndarray:
+    if isinstance(array, np.ndarray) and array.ndim == 1:
+        return array
+    if offsets_and_content(array) is not None:
+        raise FeatureError(
+            f"Branch {name!r} is jagged (a list per event, type {_type_name(array)}) but is "
+            f"used as a flat feature. Put its collection under 'collections:' instead, e.g. "
+            f"collections: {{{name.split('_')[0]}: {{fields: [{name.partition('_')[2] or name}], "
+            f"n: 4}}}}."
+        )
+    import awkward as ak
+
+    try:
+        values = ak.to_numpy(ak.fill_none(array, np.nan), allow_missing=False)
+    except (ValueError, TypeError) as err:
+        raise FeatureError(
+            f"Branch {name!r} cannot be used as a number per event: {err}"
+        ) from None
+    if values.ndim != 1 or values.dtype.kind not in "biuf":
+        raise FeatureError(
+            f"Branch {name!r} has type {_type_name(array)}; a flat feature needs one number "
+            "per event."
+        )
+    return values
+
+
+def _as_column(value: Any, n_events: int, what: str) -> np.ndarray:
+    import awkward as ak
+
+    if np.isscalar(value):
+        return np.full(n_events, value, dtype=np.float32)
+    if not isinstance(value, np.ndarray):
+        if offsets_and_content(value) is not None:
+            raise FeatureError(
+                f"The {what} gives a list per event; reduce it to one number per event with "
+                "sum(), max(), min(), mean() or count()."
+            )
+        value = ak.to_numpy(ak.fill_none(value, np.nan))
+    return np.asarray(value, dtype=np.float32)
+
+
+def _same_counts(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and bool(np.array_equal(np.diff(a), np.diff(b)))
