@@ -198,6 +198,26 @@ class FeatureSpec:
         """Every branch :meth:`transform` reads: the column projection of a dataset."""
         return list(dict.fromkeys(self.flat_branches() + self.jagged_branches()))
 
+    def check_schema(self, jagged: Mapping[str, bool], where: str = "the data") -> None:
+        """Raise :class:`FeatureError` if a flat feature is stored as a list per event, or
+        a collection branch as one value per event (``jagged`` maps branch -> is a list)."""
+        for name in self.flat_branches():
+            if jagged.get(name):
+                raise FeatureError(
+                    f"Branch {name!r} in {where} is jagged (a list per event) but is used as "
+                    f"a flat feature. Put it under 'collections:' instead, e.g. collections: "
+                    f"{{{name.split('_')[0]}: {{fields: [{name.partition('_')[2] or name}], "
+                    "n: 4}}."
+                )
+        for collection in self.collections.values():
+            for branch in collection.branches():
+                if jagged.get(branch) is False:
+                    raise FeatureError(
+                        f"Branch {branch!r} of collection {collection.name!r} in {where} is "
+                        "flat (one value per event), not a list per event. List it under "
+                        "'flat:' instead, or pick the collection's per-object branches."
+                    )
+
     # -- sizing -----------------------------------------------------------------------------
 
     def resolve(self, multiplicities: Mapping[str, np.ndarray]) -> FeatureSpec:

@@ -1,0 +1,107 @@
+"""Evaluation: AUC, ROC curves, score distributions and feature importance, as JSON and PNG."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def evaluate(
+    y: np.ndarray, scores: np.ndarray, w: np.ndarray, classes: Sequence[str]
+) -> dict[str, Any]:
+    """AUC (unweighted and event-weighted) on one split.
+
+    Binary models score the second class; multi-class AUC is one-vs-rest, macro-averaged.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    out: dict[str, Any] = {"events": int(len(y))}
+    if len(np.unique(y)) < 2:
+        out["auc"] = None
+        return out
+    if len(classes) == 2:
+        out["auc"] = float(roc_auc_score(y, scores))
+        if np.all(w > 0):
+            out["auc_weighted"] = float(roc_auc_score(y, scores, sample_weight=w))
+    else:
+        out["auc"] = float(roc_auc_score(y, scores, multi_class="ovr",
+                                         labels=list(range(len(classes)))))
+        out["auc_per_class"] = {
+            c: float(roc_auc_score(y == i, scores[:, i])) for i, c in enumerate(classes)
+            if 0 < np.sum(y == i) < len(y)
+        }
+    return out
+
+
+def _figure() -> tuple[Any, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(6, 4.5), dpi=100)
+
+
+def _png(fig: Any) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def roc_png(y: np.ndarray, scores: np.ndarray, classes: Sequence[str], auc: float | None) -> bytes:
+    """ROC curve(s): signal efficiency vs background rejection, HEP style."""
+    from sklearn.metrics import roc_curve
+
+    fig, ax = _figure()
+    if len(classes) == 2:
+        curves = [(classes[1], y == 1, scores)]
+    else:
+        curves = [(c, y == i, scores[:, i]) for i, c in enumerate(classes)]
+    for name, positive, score in curves:
+        if positive.all() or not positive.any():
+            continue
+        fpr, tpr, _ = roc_curve(positive, score)
+        label = f"{name} vs rest" if len(classes) > 2 else f"AUC = {auc:.4f}"
+        ax.plot(tpr, 1 - fpr, label=label)
+    ax.plot([0, 1], [1, 0], ls=":", color="grey", label="random")
+    ax.set_xlabel("signal efficiency (true positive rate)")
+    ax.set_ylabel("background rejection (1 - false positive rate)")
+    ax.set_title("ROC on the test split")
+    ax.legend(loc="lower left")
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def scores_png(y: np.ndarray, scores: np.ndarray, w: np.ndarray, classes: Sequence[str]) -> bytes:
+    """Normalised score distributions per true class on the test split."""
+    fig, ax = _figure()
+    score = scores if len(classes) == 2 else scores.max(axis=1)
+    bins = np.linspace(0, 1, 41)
+    for index, name in enumerate(classes):
+        rows = y == index
+        if rows.any():
+            ax.hist(score[rows], bins=bins, weights=np.abs(w[rows]), density=True,
+                    histtype="step", lw=1.8, label=f"{name} ({rows.sum()} events)")
+    ax.set_xlabel("classifier score" if len(classes) == 2 else "highest class score")
+    ax.set_ylabel("normalised events")
+    ax.set_yscale("log")
+    ax.set_title("Score distributions on the test split")
+    ax.legend()
+    return _png(fig)
+
+
+def importance(booster: Any, feature_names: Sequence[str]) -> dict[str, float]:
+    """Total gain per feature, largest first (features never used are left out)."""
+    gains = booster.get_score(importance_type="total_gain")
+    named = {}
+    for key, value in gains.items():
+        name = feature_names[int(key[1:])] if key.startswith("f") and key[1:].isdigit() else key
+        named[name] = float(value)
+    return dict(sorted(named.items(), key=lambda kv: -kv[1]))
