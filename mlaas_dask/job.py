@@ -21,6 +21,16 @@ def _positive(value: Any) -> str | None:
     return None if value > 0 else f"must be positive, got {value}."
 
 
+def _expression(value: str) -> str | None:
+    from mlaas_dask.features import Expression
+
+    try:
+        Expression(value, "expression")
+    except FeatureError as err:
+        return str(err)
+    return None
+
+
 def _fraction(value: Any) -> str | None:
     return None if 0 <= value <= 1 else f"must be between 0 and 1, got {value}."
 
@@ -38,7 +48,8 @@ DATASET_SCHEMA = {
     "tree": Field((str,), "the TTree name", default="Events"),
     "groups": Field((list,), "file groups with labels", required=True,
                     items=Field((dict,), "a file group", schema=GROUP_SCHEMA)),
-    "cut": Field((str,), "a selection, e.g. 'nJet >= 2 and MET_pt > 20'"),
+    "cut": Field((str,), "a selection, e.g. 'nJet >= 2 and MET_pt > 20'",
+                 check=_expression),
     "weight_branch": Field((str,), "a per-event weight branch, e.g. genWeight"),
     "step_size": Field((int,), "events per partition", default=500_000, check=_positive),
     "id_branches": Field((list,), "branches identifying an event (split, predictions)",
@@ -56,7 +67,7 @@ COLLECTION_SCHEMA = {
     "ascending": Field((bool,), "sort ascending instead", default=False),
     "multiplicity": Field((bool,), "add n<Collection> as a feature", default=True),
     "derived": Field((dict,), "per-object fields from expressions", default={},
-                     values=Field((str,), "an expression")),
+                     values=Field((str,), "an expression", check=_expression)),
     "prefix": Field((str,), "branch prefix (default '<Collection>_')"),
     "quantile": Field(_NUMBER, "multiplicity quantile for n: auto", default=0.95,
                       check=_fraction),
@@ -67,7 +78,7 @@ FEATURES_SCHEMA = {
     "collections": Field((dict,), "jagged collections by name", default={},
                          values=Field((dict,), "a collection", schema=COLLECTION_SCHEMA)),
     "derived": Field((dict,), "event-level features from expressions", default={},
-                     values=Field((str,), "an expression")),
+                     values=Field((str,), "an expression", check=_expression)),
 }
 
 MODEL_SCHEMA = {

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from mlaas_dask.bundle import ModelBundle
+from mlaas_dask.data.rootio import write_ttree
 from mlaas_dask.errors import MlaasError
 
 SCORES_FILE = "scores.parquet"
@@ -146,10 +147,10 @@ def _write(out: Path, dataset: Any, model: ModelBundle, results: list[dict[str, 
             stem = stems[index] if stems.count(stems[index]) == 1 else f"{stems[index]}-{index}"
             name = f"{stem}.scores.root"
             with uproot.recreate(tmp / name) as handle:
-                handle[dataset.tree] = {
+                write_ttree(handle, dataset.tree, {
                     key: np.concatenate([p[key] for p in parts])
                     for key in model.output_names
-                }
+                }, title=f"scores of {paths[index]}")
             friends.append(out / name)
         for item in tmp.iterdir():
             os.replace(item, out / item.name)

@@ -216,6 +216,12 @@ def _open(path: str, group: int, tree: str, branches: Sequence[str]) -> tuple[Fi
         trees = {k.split(";")[0]: v for k, v in handle.classnames().items()
                  if v in ("TTree", "TNtuple", "TNtupleD")}
         if tree not in trees:
+            kinds = {k.split(";")[0]: v for k, v in handle.classnames().items()}
+            if kinds.get(tree, "").endswith("RNTuple"):
+                raise DataError(
+                    f"{tree!r} in {path} is an RNTuple; mlaas_dask reads TTrees. Convert it, "
+                    "or write the file as a TTree."
+                )
             raise DataError(
                 f"Tree {tree!r} is not in {path}."
                 + (did_you_mean(tree, trees, "trees") if trees else " The file holds no trees.")

@@ -1,0 +1,71 @@
+"""Shared fixtures: the real CMS Open Data files, small ROOT files made on the spot, and a
+real Dask LocalCluster with worker processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from mlaas_dask.data.rootio import write_ttree
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+HEP_TUTORIAL = SHARED_DATA / "cms-hep-tutorial-2012"
+NANOAOD = SHARED_DATA / "cms-nanoaod-2015" / "ttbar.root"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"The shared CMS Open Data files are expected at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def client() -> Iterator[Any]:
+    """A LocalCluster with two single-threaded worker processes, shared by the session."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None, silence_logs=40) as cluster, \
+            Client(cluster) as dask_client:
+        yield dask_client
+
+
+def write_events(path: Path, n: int = 1000, seed: int = 0, tree: str = "Events",
+                 extra: dict[str, Any] | None = None, drop: tuple[str, ...] = ()) -> Path:
+    """A small NanoAOD-like file: nJet + Jet_pt/Jet_eta (falling pt), MET_pt, ids."""
+    import awkward as ak
+    import uproot
+
+    rng = np.random.default_rng(seed)
+    counts = rng.poisson(3, n)
+    pt = ak.unflatten(rng.exponential(40, counts.sum()).astype(np.float32) + 20, counts)
+    pt = ak.sort(pt, axis=1, ascending=False)
+    eta = ak.unflatten(rng.normal(0, 1.5, counts.sum()).astype(np.float32), counts)
+    branches: dict[str, Any] = {
+        "run": np.full(n, 1, np.uint32),
+        "luminosityBlock": (np.arange(n) // 100 + 1).astype(np.uint32),
+        "event": (np.arange(n) + 1 + seed * 10_000_000).astype(np.uint64),
+        "MET_pt": rng.exponential(30, n).astype(np.float32),
+        "genWeight": np.ones(n, np.float32),
+        "Jet": ak.zip({"pt": pt, "eta": eta}),
+    }
+    branches.update(extra or {})
+    for name in drop:
+        branches.pop(name)
+    with uproot.recreate(path) as handle:
+        write_ttree(handle, tree, branches)
+    return path
+
+
+@pytest.fixture
+def make_events(tmp_path: Path) -> Callable[..., Path]:
+    def make(name: str = "events.root", **kwargs: Any) -> Path:
+        return write_events(tmp_path / name, **kwargs)
+
+    return make
