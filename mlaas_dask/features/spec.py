@@ -182,13 +182,13 @@ class FeatureSpec:
         return len(self.feature_names)
 
     def flat_branches(self) -> list[str]:
-        """Branches read as one value per event (flat features and derived inputs that
-        are not collection branches)."""
-        jagged = set(self.jagged_branches())
-        wanted = list(self.flat)
-        for expression in self._derived.values():
-            wanted.extend(n for n in sorted(expression.names) if n not in self.derived)
-        return [b for b in dict.fromkeys(wanted) if b not in jagged]
+        """Branches used as they are, one value per event."""
+        return list(dict.fromkeys(self.flat))
+
+    def derived_branches(self) -> list[str]:
+        """Branches read by the event-level derived expressions (flat or jagged)."""
+        names = (n for e in self._derived.values() for n in sorted(e.names))
+        return list(dict.fromkeys(n for n in names if n not in self.derived))
 
     def jagged_branches(self) -> list[str]:
         """Branches read as one list per event."""
@@ -196,7 +196,8 @@ class FeatureSpec:
 
     def branches(self) -> list[str]:
         """Every branch :meth:`transform` reads: the column projection of a dataset."""
-        return list(dict.fromkeys(self.flat_branches() + self.jagged_branches()))
+        return list(dict.fromkeys(
+            self.flat_branches() + self.jagged_branches() + self.derived_branches()))
 
     def check_schema(self, jagged: Mapping[str, bool], where: str = "the data") -> None:
         """Raise :class:`FeatureError` if a flat feature is stored as a list per event, or

@@ -1,0 +1,178 @@
+"""End to end on a real Dask LocalCluster with worker processes: ROOT -> bundle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import uproot
+
+from mlaas_dask.bundle import ModelBundle
+from mlaas_dask.errors import BundleError, DataError
+from mlaas_dask.job import job_from_text, load_job
+from mlaas_dask.train import train
+
+from conftest import HEP_TUTORIAL, REPO, write_events
+
+pytestmark = pytest.mark.slow
+
+quiet = dict(progress=False, log=lambda *a, **k: None)
+
+
+def small_job(tmp_path: Path, extra: str = "", features: str | None = None) -> str:
+    rng = np.random.default_rng(7)
+    write_events(tmp_path / "sig.root", n=3000, seed=1,
+                 extra={"MET_pt": rng.exponential(60, 3000).astype(np.float32)})
+    write_events(tmp_path / "bkg.root", n=3000, seed=2)
+    return f"""
+dataset:
+  step_size: 1000
+  groups:
+    - {{name: sig, files: [sig.root], label: 1}}
+    - {{name: bkg, files: [bkg.root], label: 0}}
+{extra}
+features: {features or "{flat: [MET_pt], collections: {Jet: {fields: [pt, eta], n: 3}}}"}
+model: {{num_boost_round: 30, early_stopping_rounds: 5, params: {{max_depth: 3}}}}
+"""
+
+
+def test_cms_tutorial_end_to_end(client, tmp_path: Path) -> None:
+    job = load_job(REPO / "examples" / "cms-hep-tutorial.yaml")
+    result = train(job, cluster=client, out=tmp_path / "bundle", **quiet)
+    bundle = tmp_path / "bundle"
+    assert sorted(p.name for p in bundle.iterdir()) == [
+        "features.json", "metadata.json", "metrics.json", "model.ubj", "roc.png", "scores.png"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    metrics = json.loads((bundle / "metrics.json").read_text())
+    assert 0.8 < metrics["auc"] < 1.0
+    assert set(metrics["seconds"]) >= {"read_features", "train", "evaluate"}
+    per_class = metrics["events_per_class"]
+    entries = {name: uproot.open(HEP_TUTORIAL / f"{name}.root")["events"].num_entries
+               for name in ("single_top", "ww", "wz", "zz")}
+    assert sum(per_class[s][1] for s in per_class) == entries["single_top"]
+    assert sum(per_class[s][0] for s in per_class) == entries["ww"] + entries["wz"] + entries["zz"]
+    assert per_class["train"][1] > 2 * per_class["test"][1]
+    metadata = json.loads((bundle / "metadata.json").read_text())
+    assert metadata["classes"] == ["background", "signal"]
+    assert metadata["versions"]["xgboost"] == "3.2.0"
+    assert metadata["dataset"]["entries"] == sum(entries.values())
+    assert (bundle / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # n: auto for muons was estimated and recorded
+    features = json.loads((bundle / "features.json").read_text())
+    assert isinstance(features["collections"]["Muon"]["n"], int)
+    assert result.metrics["auc"] == metrics["auc"]
+
+
+def test_auc_matches_single_process_xgboost(client, tmp_path: Path) -> None:
+    """Same features, same split, same parameters in one process: AUC within 0.01."""
+    import xgboost
+    from sklearn.metrics import roc_auc_score
+
+    from mlaas_dask.train.split import assign_split, file_key
+
+    job = load_job(REPO / "examples" / "cms-hep-tutorial.yaml")
+    result = train(job, cluster=client, out=tmp_path / "b", **quiet)
+    spec = ModelBundle.load(tmp_path / "b").spec
+    X, y, w, split = [], [], [], []
+    for group in job.dataset.groups:
+        for path in group.files:
+            with uproot.open(path) as f:
+                events = f["events"].arrays([*spec.branches(), "EventWeight"])
+            n = len(events)
+            X.append(spec.transform(events))
+            y.append(np.full(n, group.label))
+            w.append(np.asarray(events.EventWeight))
+            split.append(assign_split([np.full(n, file_key(path), np.uint64), np.arange(n)],
+                                      job.split.train, job.split.validation, job.split.seed))
+    X, y, w, split = map(np.concatenate, (X, y, w, split))
+    balance = np.where(y == 1, w[(y == 0) & (split == 0)].sum() / w[(y == 1) & (split == 0)].sum(), 1)
+    params = {"objective": "binary:logistic", "eval_metric": ["logloss", "auc"],
+              "tree_method": "hist", "max_depth": 4, "eta": 0.1, "nthread": 2}
+    dtrain = xgboost.DMatrix(X[split == 0], y[split == 0], weight=(w * balance)[split == 0])
+    dvalid = xgboost.DMatrix(X[split == 1], y[split == 1], weight=w[split == 1])
+    booster = xgboost.train(params, dtrain, 300, evals=[(dvalid, "validation")],
+                            early_stopping_rounds=20, verbose_eval=False)
+    scores = booster.predict(xgboost.DMatrix(X[split == 2]),
+                             iteration_range=(0, booster.best_iteration + 1))
+    reference = roc_auc_score(y[split == 2], scores)
+    assert result.metrics["events"] == int((split == 2).sum())
+    assert abs(result.metrics["auc"] - reference) < 0.01
+
+
+def test_nan_and_inf_inputs_are_handled_and_counted(client, tmp_path: Path) -> None:
+    met = np.random.default_rng(3).exponential(60, 3000).astype(np.float32)
+    met[:7] = np.nan
+    met[7:10] = np.inf
+    write_events(tmp_path / "sig.root", n=3000, seed=1, extra={"MET_pt": met})
+    write_events(tmp_path / "bkg.root", n=3000, seed=2)
+    text = small_job(tmp_path).replace("sig.root]", "sig.root]")
+    job = job_from_text(text, base=tmp_path)
+    write_events(tmp_path / "sig.root", n=3000, seed=1, extra={"MET_pt": met})
+    result = train(job, cluster=client, out=tmp_path / "b", **quiet)
+    assert result.metadata["data_summary"]["nonfinite_inputs"] == {"MET_pt": 10}
+    assert result.metrics["auc"] > 0.6
+
+
+def test_cut_weights_and_event_ids(client, tmp_path: Path) -> None:
+    job = job_from_text(small_job(tmp_path, extra="  cut: 'MET_pt > 20 and count(Jet_pt) >= 1'\n"
+                                            "  weight_branch: genWeight"), base=tmp_path)
+    result = train(job, cluster=client, out=tmp_path / "b", **quiet)
+    summary = result.metadata["data_summary"]
+    assert summary["events_read"] == 6000
+    expected = 0
+    for name in ("sig", "bkg"):
+        events = uproot.open(tmp_path / f"{name}.root")["Events"].arrays(["MET_pt", "nJet"])
+        expected += int(np.sum((events.MET_pt > 20) & (events.nJet >= 1)))
+    assert summary["events_selected"] == expected
+    assert result.metadata["split"]["by"] == ["run", "luminosityBlock", "event"]
+
+
+def test_zero_events_after_cut(client, tmp_path: Path) -> None:
+    job = job_from_text(small_job(tmp_path, extra="  cut: 'MET_pt < 0'"), base=tmp_path)
+    with pytest.raises(DataError, match=r"No events pass the selection cut 'MET_pt < 0' \(read 6000"):
+        train(job, cluster=client, out=tmp_path / "b", **quiet)
+    assert not (tmp_path / "b").exists()
+
+
+def test_one_class_left_after_cut(client, tmp_path: Path) -> None:
+    job = job_from_text(small_job(tmp_path, extra="  cut: 'event < 20000000'"), base=tmp_path)
+    with pytest.raises(DataError, match="Group 'bkg' has no events after the selection cut"):
+        train(job, cluster=client, out=tmp_path / "b", **quiet)
+
+
+def test_existing_output_is_never_overwritten_by_accident(client, tmp_path: Path) -> None:
+    job = job_from_text(small_job(tmp_path), base=tmp_path)
+    precious = tmp_path / "results"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("years of work")
+    with pytest.raises(BundleError, match="already exists.*--overwrite"):
+        train(job, cluster=client, out=precious, **quiet)
+    with pytest.raises(BundleError, match="not an mlaas_dask bundle; it is never overwritten"):
+        train(job, cluster=client, out=precious, overwrite=True, **quiet)
+    assert (precious / "thesis.txt").read_text() == "years of work"
+    first = train(job, cluster=client, out=tmp_path / "b", **quiet)
+    again = train(job, cluster=client, out=tmp_path / "b", overwrite=True, **quiet)
+    assert again.bundle == first.bundle and ModelBundle.load(again.bundle)
+
+
+def test_multiclass_with_named_labels(client, tmp_path: Path) -> None:
+    small_job(tmp_path)
+    rng = np.random.default_rng(11)
+    write_events(tmp_path / "third.root", n=3000, seed=3,
+                 extra={"MET_pt": rng.exponential(120, 3000).astype(np.float32)})
+    text = small_job(tmp_path).replace("label: 1", "label: ttH").replace(
+        "label: 0", "label: QCD").replace(
+        "    - {name: bkg", "    - {name: third, files: [third.root], label: WJets}\n    - {name: bkg")
+    job = job_from_text(text, base=tmp_path)
+    result = train(job, cluster=client, out=tmp_path / "b", **quiet)
+    bundle = ModelBundle.load(result.bundle)
+    assert bundle.classes == ["ttH", "WJets", "QCD"]
+    assert bundle.output_names == ["score_ttH", "score_WJets", "score_QCD"]
+    assert result.metrics["auc"] > 0.55 and set(result.metrics["auc_per_class"]) == {
+        "ttH", "WJets", "QCD"}
+    events = uproot.open(tmp_path / "sig.root")["Events"].arrays(bundle.spec.branches())
+    scores = bundle.predict_events(events)
+    assert scores.shape == (3000, 3)
+    np.testing.assert_allclose(scores.sum(axis=1), 1, rtol=1e-5)
