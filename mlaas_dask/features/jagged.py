@@ -7,6 +7,7 @@ is several times faster than ``ak.pad_none`` + ``ak.fill_none`` + ``ak.to_numpy`
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -63,27 +64,48 @@ def order_within_events(
     return np.lexsort((values, parents)) + start
 
 
-def fill_slots(
-    out: np.ndarray,
-    column: int,
-    offsets: np.ndarray,
-    content: np.ndarray,
-    n: int,
-    order: np.ndarray | None = None,
-) -> None:
-    """Write the first ``n`` objects of each event into ``out[:, column:column + n]``.
+@dataclass(frozen=True)
+class Slots:
+    """Where each kept object goes: flat positions in a column-major (Fortran-ordered)
+    events x columns matrix, relative to its first column, and the content index it
+    comes from."""
 
-    Slots past an event's multiplicity are left as they are (NaN when ``out`` was made with
-    ``np.full(..., np.nan)``). ``order`` (from :func:`order_within_events`) reorders the
-    content first; it indexes ``content`` like ``offsets`` does.
+    target: np.ndarray
+    source: np.ndarray
+
+
+def slots(offsets: np.ndarray, n: int, order: np.ndarray | None = None) -> Slots:
+    """The first ``n`` objects of every event, as :class:`Slots` for :func:`fill_slots`.
+
+    ``order`` (from :func:`order_within_events`) reorders each event's objects first.
+    Computed once per collection, then reused for each of its fields. Targets are grouped
+    by slot, so the writes of :func:`fill_slots` run through each column in order.
     """
-    starts = offsets[:-1]
-    counts = offsets[1:] - starts
+    events = offsets.size - 1
+    counts = np.diff(offsets)
+    small = events * (n + 1) < 2**31 and offsets[-1] < 2**31
+    dtype = np.int32 if small else np.int64  # half the memory traffic when it fits
+    starts = offsets[:-1].astype(dtype)
+    targets, sources = [], []
     for slot in range(n):
-        has = counts > slot
-        if not has.any():
+        rows = np.flatnonzero(counts > slot).astype(dtype, copy=False)
+        if rows.size == 0:
             break
-        index = starts[has] + slot
-        if order is not None:
-            index = order[index - offsets[0]]
-        out[has, column + slot] = content[index]
+        targets.append(rows + dtype(slot * events))
+        sources.append(starts[rows] + dtype(slot))
+    if not targets:
+        return Slots(np.zeros(0, dtype), np.zeros(0, dtype))
+    source = np.concatenate(sources)
+    if order is not None:
+        source = order[source - offsets[0]]
+    return Slots(np.concatenate(targets), source)
+
+
+def fill_slots(out: np.ndarray, column: int, where: Slots, content: np.ndarray) -> None:
+    """Write ``content`` of the kept objects into ``out[:, column:column + n]``.
+
+    ``out`` must be Fortran-ordered. Slots past an event's multiplicity are left as they
+    are (NaN when ``out`` was made with ``np.full(..., np.nan, order="F")``).
+    """
+    flat = out.T.reshape(-1)  # a view: out is column-major
+    flat[where.target + column * out.shape[0]] = content[where.source]

@@ -17,7 +17,12 @@ import numpy as np
 
 from mlaas_dask.errors import FeatureError, did_you_mean
 from mlaas_dask.features.expressions import Expression
-from mlaas_dask.features.jagged import fill_slots, offsets_and_content, order_within_events
+from mlaas_dask.features.jagged import (
+    fill_slots,
+    offsets_and_content,
+    order_within_events,
+    slots,
+)
 
 SPEC_VERSION = 1
 
@@ -247,7 +252,7 @@ class FeatureSpec:
 
         ``events`` is an awkward record array (one partition, or a request turned into
         awkward) or a mapping of branch names to arrays. Missing objects and non-finite
-        inputs become NaN, XGBoost's "missing".
+        inputs become NaN, XGBoost's "missing". The matrix is column-major (Fortran order).
         """
         return self.transform_with_stats(events)[0]
 
@@ -263,42 +268,35 @@ class FeatureSpec:
                 + did_you_mean(missing[0], available, "branches")
             )
         n_events = _length(events)
-        out = np.full((n_events, self.n_features), np.nan, dtype=np.float32)
+        # column-major: every column is written in one contiguous pass, and the row
+        # selections done later (splits, cuts) come out row-major, as XGBoost likes them
+        out = np.full((n_events, self.n_features), np.nan, dtype=np.float32, order="F")
         nonfinite: dict[str, int] = {}
         column = 0
         for name in self.flat:
             values = _flat_values(events[name], name)
+            _count_nonfinite(values, name, nonfinite)
             out[:, column] = values
             column += 1
         for collection in self.collections.values():
-            column = self._fill_collection(events, collection, out, column)
+            column = self._fill_collection(events, collection, out, column, nonfinite)
         if self._derived:
             namespace = _LazyNamespace(events)
             for name, expression in self._derived.items():
                 value = _as_column(expression(namespace), n_events, f"derived feature {name!r}")
+                infinite = np.isinf(value)
+                if infinite.any():
+                    value = np.where(infinite, np.float32(np.nan), value)
                 out[:, column] = value
                 namespace.values[name] = value
                 column += 1
-        bad = ~np.isfinite(out)
-        if bad.any():
-            # padding is NaN by design; only non-finite *inputs* are counted
-            for name in self.flat:
-                count = int(np.count_nonzero(~np.isfinite(_flat_values(events[name], name))))
-                if count:
-                    nonfinite[name] = count
-            for branch in self.jagged_branches():
-                parts = offsets_and_content(events[branch])
-                if parts is not None:
-                    offsets, content = parts
-                    values = content[offsets[0]:offsets[-1]]
-                    count = int(np.count_nonzero(~np.isfinite(values)))
-                    if count:
-                        nonfinite[branch] = count
+        if nonfinite:
             out[np.isinf(out)] = np.nan
         return out, nonfinite
 
     def _fill_collection(
-        self, events: Any, collection: Collection, out: np.ndarray, column: int
+        self, events: Any, collection: Collection, out: np.ndarray, column: int,
+        nonfinite: dict[str, int],
     ) -> int:
         assert collection.n is not None
         stored: dict[str, np.ndarray] = {}
@@ -323,6 +321,7 @@ class FeatureSpec:
                 )
             # re-base onto the first field's offsets so every field shares one index
             stored[fld] = content[these_offsets[0]:these_offsets[-1]]
+            _count_nonfinite(stored[fld], branch, nonfinite)
         assert offsets is not None
         offsets = offsets - offsets[0]
         values: dict[str, np.ndarray] = dict(stored)
@@ -342,8 +341,9 @@ class FeatureSpec:
         if collection.multiplicity:
             out[:, column] = np.diff(offsets)
             column += 1
+        where = slots(offsets, collection.n, order)
         for fld in collection.fields:
-            fill_slots(out, column, offsets, values[fld], collection.n, order)
+            fill_slots(out, column, where, values[fld])
             column += collection.n
         return column
 
@@ -488,5 +488,22 @@ def _as_column(value: Any, n_events: int, what: str) -> np.ndarray:
     return np.asarray(value, dtype=np.float32)
 
 
+def _count_nonfinite(values: np.ndarray, name: str, counts: dict[str, int]) -> None:
+    """Add the number of NaN / inf in ``values`` to ``counts[name]`` (a cheap sum first:
+    it is finite when every value is, which is nearly always)."""
+    if values.dtype.kind != "f" or values.size == 0:
+        return
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(values.sum()):
+            return
+    count = int(values.size - np.count_nonzero(np.isfinite(values)))
+    if count:
+        counts[name] = counts.get(name, 0) + count
+
+
 def _same_counts(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.shape == b.shape and bool(np.array_equal(np.diff(a), np.diff(b)))
+    if a.shape != b.shape:
+        return False
+    if a[0] == b[0]:
+        return bool(np.array_equal(a, b))
+    return bool(np.array_equal(np.diff(a), np.diff(b)))

@@ -1,0 +1,87 @@
+"""Shared pieces of the benchmarks: the generated sample, timing, memory sampling."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / "data"
+
+
+def sample_files(events: int, compression: str = "zlib:1") -> dict[str, list[Path]]:
+    """The generated NanoAOD-style sample with ``events`` events in all, made once."""
+    from mlaas_dask.data.sample import generate_sample
+
+    out = DATA / f"sample-{events}-{compression.replace(':', '')}"
+    done = out / ".complete"
+    if not done.exists():
+        files = generate_sample(out, events, seed=1, compression=compression,
+                                files_per_class=2, overwrite=True)
+        done.write_text(json.dumps({k: [str(p) for p in v] for k, v in files.items()}))
+    return {k: [Path(p) for p in v] for k, v in json.loads(done.read_text()).items()}
+
+
+@contextmanager
+def timer() -> Iterator[dict[str, float]]:
+    result: dict[str, float] = {}
+    start = time.perf_counter()
+    try:
+        yield result
+    finally:
+        result["seconds"] = time.perf_counter() - start
+
+
+class PeakMemory:
+    """Samples the summed RSS of a process and all its descendants (Dask workers)."""
+
+    def __init__(self, pid: int | None = None, interval: float = 0.05) -> None:
+        self.pid = pid or os.getpid()
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        try:
+            root = psutil.Process(self.pid)
+        except psutil.NoSuchProcess:
+            return
+        while not self._stop.is_set():
+            total = 0
+            try:
+                for proc in [root, *root.children(recursive=True)]:
+                    try:
+                        total += proc.memory_info().rss
+                    except psutil.NoSuchProcess:
+                        pass
+            except psutil.NoSuchProcess:
+                break
+            self.peak = max(self.peak, total)
+            time.sleep(self.interval)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def emit(name: str, figures: dict[str, Any]) -> None:
+    """Print one JSON line and keep it under benchmarks/results/."""
+    line = json.dumps({"benchmark": name, **figures}, sort_keys=False)
+    print(line)
+    results = HERE / "results"
+    results.mkdir(exist_ok=True)
+    with open(results / f"{name}.jsonl", "a") as handle:
+        handle.write(line + "\n")
