@@ -1,0 +1,604 @@
+"""What is in a ROOT file: trees, branches, jagged multiplicities, and a features block.
+
+:func:`inspect_file` reads only metadata and the counter branches of the first events, so it
+is fast on wide files (a real NanoAOD file has about 1000 branches) and on remote ones.
+:func:`suggest_features` turns its report into a ``features:`` block for a job file, and
+:func:`format_report` renders both for a terminal.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlaas_dask.errors import DataError, MlaasError, did_you_mean
+
+DEFAULT_SAMPLE_EVENTS = 100_000
+
+#: ROOT compression algorithm codes (``fCompress // 100``) and block magic bytes
+_ALGORITHM_CODES = {1: "zlib", 2: "lzma", 4: "lz4", 5: "zstd"}
+_BLOCK_MAGIC = {b"ZL": "zlib", b"CS": "zlib", b"XZ": "lzma", b"L4": "lz4", b"ZS": "zstd"}
+_KEY_HEADER = struct.Struct(">ihiIh")  # fNbytes, fVersion, fObjlen, fDatime, fKeylen
+#: "root", fVersion, fBEGIN, fEND (32 bits, or 64 for fVersion >= 1000000)
+_ROOT_HEADER = struct.Struct(">4siiq")
+_MAGIC_PROBES = 5
+_NAME_COLUMN = 36
+_TYPE_COLUMN = 20
+
+_NUMERIC_TYPES = {
+    "float", "double", "Float16_t", "Double32_t", "int8_t", "uint8_t", "int16_t", "uint16_t",
+    "int32_t", "uint32_t", "int64_t", "uint64_t", "char", "unsigned char", "short",
+    "unsigned short", "int", "unsigned int", "long", "unsigned long", "long long",
+    "unsigned long long",
+}
+#: event ids and bookkeeping, compared case-insensitively
+_ID_BRANCHES = {
+    "run", "event", "luminosityblock", "lumi", "lumiblock", "lumisection", "ls",
+    "bunchcrossing", "orbitnumber", "runnumber", "eventnumber", "evt",
+}
+#: generator-level (truth) prefixes: not available in data, often a label leak
+_TRUTH_PREFIXES = ("gen", "lhe", "mc", "htxs", "subgen", "pileup", "psweight", "pdf")
+#: per-object fields that are indices, flags or truth labels rather than measurements
+_SKIPPED_FIELD_PARTS = ("idx", "flav", "pdgid", "cleanmask", "genpart")
+
+
+# -- the report ---------------------------------------------------------------------------
+
+
+def inspect_file(path_or_url: str | os.PathLike[str], tree: str | None = None,
+                 sample_events: int = DEFAULT_SAMPLE_EVENTS) -> dict[str, Any]:
+    """Describe the TTrees of a ROOT file.
+
+    Parameters
+    ----------
+    path_or_url
+        A local path, or a ``root://`` / ``https://`` URL.
+    tree
+        Only describe this tree (a path inside the file, e.g. ``"Events"`` or
+        ``"dir/tree"``); by default every TTree, subdirectories included.
+    sample_events
+        Multiplicities of jagged branches come from this many first entries.
+
+    Returns
+    -------
+    dict
+        ``{"path", "size_bytes", "trees": [...], "other_objects": {...}}``. Each tree has
+        ``name``, ``title``, ``entries``, ``compression`` (``{"algorithm", "level"}``),
+        ``sampled_events`` and ``branches``; each branch has ``name``, ``type``, ``title``,
+        ``jagged``, ``counter`` (its counter branch or ``None``), ``is_counter`` and, for
+        jagged branches, ``multiplicity`` (``mean``, ``p95``, ``p99``, ``max``).
+
+    Raises
+    ------
+    DataError
+        When the path does not exist, is not a ROOT file, is truncated or corrupt, or has
+        no tree named ``tree``.
+    """
+    if sample_events < 1:
+        raise MlaasError(f"sample_events must be at least 1, not {sample_events!r}.")
+    location = _location(path_or_url)
+    file = _open(location)
+    try:
+        return _guarded(location, lambda: _report(file, location, tree, int(sample_events)))
+    finally:
+        file.close()
+
+
+def suggest_features(report: dict[str, Any], tree: str | None = None) -> dict[str, Any]:
+    """A ``features:`` block for a job file, from an :func:`inspect_file` report.
+
+    Flat features are the numeric one-value-per-event branches, without event ids
+    (``run``, ``event``, ``luminosityBlock``...), weights, generator-level truth, trigger
+    bits (booleans) and counters. Collections group the jagged branches that share a
+    counter and a ``Prefix_`` (``Jet_pt``, ``Jet_eta`` -> ``Jet: {fields: [pt, eta]}``),
+    keeping numeric fields that are measurements (not indices, flags or truth labels);
+    ``n`` is the 95th percentile of the multiplicity rounded up, and objects are sorted by
+    ``pt`` (computed as ``hypot(Px, Py)`` when only momentum components are stored).
+
+    Parameters
+    ----------
+    report
+        The result of :func:`inspect_file`.
+    tree
+        Tree to suggest for; by default the one with the most entries.
+
+    Returns
+    -------
+    dict
+        The block, in :meth:`FeatureSpec.from_dict` form: ``{"flat": [...],
+        "collections": {...}}``.
+    """
+    return _suggest(pick_tree(report, tree))[0]
+
+
+def format_report(report: dict[str, Any], tree: str | None = None) -> str:
+    """The report as text for a terminal, ending with the suggested features as YAML.
+
+    Parameters
+    ----------
+    report
+        The result of :func:`inspect_file`.
+    tree
+        Tree whose suggested features end the text; by default the one with the most
+        entries.
+    """
+    size = report.get("size_bytes")
+    lines = [f"{report['path']}" + (f"  ({_human_bytes(size)})" if size is not None else "")]
+    if not report["trees"]:
+        lines.append("  no TTree in this file")
+    for info in report["trees"]:
+        lines.append("")
+        lines.extend(_format_tree(info))
+    if report.get("other_objects"):
+        listing = ", ".join(f"{k} ({v})" for k, v in report["other_objects"].items())
+        lines.extend(["", f"Other objects: {listing}"])
+    if report["trees"]:
+        lines.append("")
+        lines.extend(_format_suggestion(pick_tree(report, tree)))
+    return "\n".join(lines) + "\n"
+
+
+# -- opening ------------------------------------------------------------------------------
+
+
+def _location(path_or_url: str | os.PathLike[str]) -> str | Path:
+    """A URL as a string, or an existing local path."""
+    text = os.fspath(path_or_url)
+    if "://" in text and not text.startswith("file://"):
+        return text
+    path = Path(text.removeprefix("file://")).expanduser()
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.root"))[:10]
+        hint = f" ROOT files in it: {', '.join(inside)}." if inside else ""
+        raise DataError(f"{path} is a directory; give one ROOT file inside it.{hint}")
+    if not path.exists():
+        raise DataError(f"{path} does not exist. Check the path." + _nearby_files(path))
+    _check_header(path)
+    return path
+
+
+def _nearby_files(path: Path) -> str:
+    if not path.parent.is_dir():
+        return f" (Its directory {path.parent} does not exist either.)"
+    names = [p.name for p in path.parent.iterdir() if p.is_file()]
+    if not names:
+        return f" Its directory {path.parent} is empty."
+    alike = [n for n in names if Path(n).suffix == path.suffix]
+    return did_you_mean(path.name, alike or names, f"files in {path.parent}")
+
+
+def _check_header(path: Path) -> None:
+    """Catch empty, non-ROOT and truncated local files from the 'root' header alone."""
+    try:
+        with path.open("rb") as stream:
+            head = stream.read(_ROOT_HEADER.size)
+    except OSError as err:
+        raise DataError(f"{path} cannot be read: {err.strerror or err}.") from None
+    size = path.stat().st_size
+    if size == 0:
+        raise DataError(f"{path} is empty (0 bytes); it is not a usable ROOT file. Write or "
+                        "copy it again.")
+    if head[:4] != b"root":
+        raise DataError(
+            f"{path} is not a ROOT file (it does not start with the bytes 'root'). Give a "
+            ".root file written by ROOT or uproot."
+        )
+    if len(head) < _ROOT_HEADER.size:
+        raise DataError(f"{path} is truncated: it has only {size} bytes, less than a ROOT "
+                        "file header. Copy it again from its source.")
+    version = struct.unpack_from(">i", head, 4)[0]
+    end = struct.unpack_from(">q" if version >= 1_000_000 else ">i", head, 12)[0]
+    if size < end:
+        raise DataError(
+            f"{path} is truncated: it has {size:,} bytes but its header says {end:,}. An "
+            "interrupted copy or write does this; copy it again from its source."
+        )
+
+
+def _open(location: str | Path) -> Any:
+    import uproot
+
+    if isinstance(location, str) and location.startswith("root://"):
+        from mlaas_dask.extras import require
+
+        require("fsspec_xrootd")
+    options = {"timeout": 30} if isinstance(location, str) else {}
+    try:
+        return uproot.open({location: None} if isinstance(location, str) else location,
+                           **options)
+    except FileNotFoundError:
+        raise DataError(f"{location} does not exist. Check the path or URL.") from None
+    except PermissionError:
+        raise DataError(f"{location} cannot be read: permission denied.") from None
+    except ValueError as err:
+        if "not a ROOT file" in str(err):
+            raise DataError(
+                f"{location} is not a ROOT file (it does not start with the bytes 'root'). "
+                "Give a .root file written by ROOT or uproot."
+            ) from None
+        raise _unreadable(location, err) from None
+    except Exception as err:  # noqa: BLE001 - any failure to parse the header means corrupt
+        raise _unreadable(location, err) from None
+
+
+def _guarded(location: str | Path, work: Any) -> Any:
+    try:
+        return work()
+    except MlaasError:
+        raise
+    except Exception as err:  # noqa: BLE001 - reading metadata or baskets failed
+        raise _unreadable(location, err) from None
+
+
+def _unreadable(location: str | Path, err: BaseException) -> DataError:
+    """A local file that fails to parse is corrupt; a URL may also be unreachable."""
+    if isinstance(location, str):
+        return DataError(
+            f"Cannot read {location}: {_error_name(err)}: {_first_line(err)}. Check the URL, "
+            "that the server is reachable, your credentials (a grid proxy or token for "
+            "root://), and that the file is complete."
+        )
+    return DataError(
+        f"{location} could not be read as a ROOT file: it looks truncated or corrupt "
+        f"({_error_name(err)}: {_first_line(err)}). Check its size against the source, "
+        "copy it again, or leave it out of the dataset."
+    )
+
+
+def _error_name(err: BaseException) -> str:
+    kind = type(err)
+    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else "no details"
+
+
+# -- building the report ------------------------------------------------------------------
+
+
+def _report(file: Any, location: str | Path, tree: str | None,
+            sample_events: int) -> dict[str, Any]:
+    classes = file.classnames(recursive=True, cycle=False)
+    tree_names = [k for k, v in classes.items() if v in ("TTree", "TNtuple", "TNtupleD")]
+    if tree is not None:
+        tree_names = [_resolve_tree_name(location, tree, tree_names, classes)]
+    return {
+        "path": str(location),
+        "size_bytes": location.stat().st_size if isinstance(location, Path) else None,
+        "trees": [_tree_report(file, name, sample_events) for name in tree_names],
+        "other_objects": {k: v for k, v in classes.items()
+                          if k not in tree_names and v not in ("TTree", "TNtuple",
+                                                               "TNtupleD", "TDirectory")},
+    }
+
+
+def _resolve_tree_name(location: str | Path, tree: str, tree_names: list[str],
+                       classes: dict[str, str]) -> str:
+    wanted = tree.strip("/").split(";")[0]
+    if wanted in tree_names:
+        return wanted
+    by_base = [name for name in tree_names if name.rsplit("/", 1)[-1] == wanted]
+    if len(by_base) == 1:
+        return by_base[0]
+    if "RNTuple" in classes.get(wanted, ""):
+        raise DataError(
+            f"In {location}, {wanted!r} is an RNTuple, not a TTree; mlaas_dask reads TTrees. "
+            "Convert it, or write the data as a TTree (uproot: file.mktree(...))."
+        )
+    if not tree_names:
+        held = ", ".join(f"{k} ({v})" for k, v in classes.items()) or "nothing"
+        raise DataError(f"{location} has no TTree (it holds: {held}), so there is no "
+                        f"tree {tree!r} to read.")
+    raise DataError(
+        f"{location} has no tree {tree!r}." + did_you_mean(wanted, tree_names, "trees")
+        + " Pass one of them with --tree (or the dataset's tree: key)."
+    )
+
+
+def _tree_report(file: Any, name: str, sample_events: int) -> dict[str, Any]:
+    tree = file[name]
+    entries = int(tree.num_entries)
+    sampled = min(entries, sample_events)
+    branches = [_branch_info(tree, key, branch) for key, branch in
+                tree.items(recursive=True, full_paths=True)]
+    counters = {b["counter"] for b in branches if b["counter"] is not None}
+    stats = _multiplicities(tree, branches, counters, sampled)
+    for info in branches:
+        info["is_counter"] = info["name"] in counters
+        if info["jagged"]:
+            info["multiplicity"] = stats.get(info["counter"] or info["name"])
+    return {
+        "name": name,
+        "title": str(tree.title),
+        "entries": entries,
+        "compression": _compression(file, tree),
+        "sampled_events": sampled,
+        "branches": branches,
+    }
+
+
+def _branch_info(tree: Any, key: str, branch: Any) -> dict[str, Any]:
+    import uproot
+
+    try:
+        interpretation = branch.interpretation
+        typename = str(branch.typename)
+    except Exception:  # noqa: BLE001 - a type uproot cannot read is still worth listing
+        interpretation, typename = None, "unknown"
+    jagged = isinstance(interpretation, uproot.AsJagged) or (
+        isinstance(interpretation, uproot.AsObjects) and typename.startswith("std::vector<")
+    )
+    counter = _counter_name(tree, branch) if jagged else None
+    return {
+        "name": key,
+        "type": typename,
+        "title": str(branch.title),
+        "jagged": jagged,
+        "counter": counter,
+        "is_counter": False,
+        "multiplicity": None,
+    }
+
+
+def _counter_name(tree: Any, branch: Any) -> str | None:
+    found = branch.count_branch
+    if found is not None:
+        return str(found.name)
+    leaf = branch.count_leaf
+    if leaf is None:
+        return None
+    name = str(leaf.member("fName"))
+    return name if name in tree else None
+
+
+def _multiplicities(tree: Any, branches: list[dict[str, Any]], counters: set[str],
+                    sampled: int) -> dict[str, dict[str, float] | None]:
+    """Per counter branch (or per jagged branch without one): multiplicity statistics."""
+    if sampled == 0:
+        return {}
+    import awkward as ak
+
+    out: dict[str, dict[str, float] | None] = {}
+    for name in sorted(counters):
+        counts = tree[name].array(library="np", entry_stop=sampled)
+        out[name] = multiplicity_stats(counts)
+    for info in branches:
+        if info["jagged"] and info["counter"] is None and info["type"] != "unknown":
+            values = tree[info["name"]].array(library="ak", entry_stop=sampled)
+            out[info["name"]] = multiplicity_stats(ak.to_numpy(ak.num(values, axis=1)))
+    return out
+
+
+def multiplicity_stats(counts: np.ndarray) -> dict[str, float] | None:
+    """Mean, 95th and 99th percentile (numpy's linear interpolation) and maximum of
+    per-event object counts; ``None`` for no events."""
+    counts = np.asarray(counts)
+    if counts.size == 0:
+        return None
+    p95, p99 = np.percentile(counts, [95, 99])
+    return {
+        "mean": float(np.mean(counts)),
+        "p95": float(p95),
+        "p99": float(p99),
+        "max": int(np.max(counts)),
+    }
+
+
+def _compression(file: Any, tree: Any) -> dict[str, Any]:
+    """Algorithm and level: the level as declared (branch, else file setting), the
+    algorithm from the first compressed basket when one is found (ROOT's code 0 means
+    "the global default", and uproot leaves branch settings at 0)."""
+    branches = list(tree.itervalues(recursive=True))
+    codes = [int(b.member("fCompress")) for b in branches if int(b.member("fCompress")) > 0]
+    code = Counter(codes).most_common(1)[0][0] if codes else int(file.file.fCompress)
+    if code % 100 == 0:
+        return {"algorithm": "none", "level": 0}
+    algorithm = _basket_algorithm(file, branches) or _ALGORITHM_CODES.get(code // 100, "zlib")
+    return {"algorithm": algorithm, "level": code % 100}
+
+
+def _basket_algorithm(file: Any, branches: list[Any]) -> str | None:
+    """The algorithm named by the first compressed block of a few branches' first basket."""
+    probed = 0
+    for branch in branches:
+        seeks, sizes = branch.member("fBasketSeek"), branch.member("fBasketBytes")
+        if len(seeks) == 0 or int(seeks[0]) <= 0 or int(sizes[0]) <= _KEY_HEADER.size:
+            continue
+        start = int(seeks[0])
+        raw = bytes(file.file.source.chunk(start, start + min(int(sizes[0]), 1024)).raw_data)
+        nbytes, _, objlen, _, keylen = _KEY_HEADER.unpack(raw[:_KEY_HEADER.size])
+        if nbytes - keylen != objlen and len(raw) >= keylen + 2:
+            return _BLOCK_MAGIC.get(raw[keylen:keylen + 2])
+        probed += 1
+        if probed >= _MAGIC_PROBES:
+            break
+    return None
+
+
+# -- suggesting features ------------------------------------------------------------------
+
+
+def pick_tree(report: dict[str, Any], tree: str | None = None) -> dict[str, Any]:
+    """The report of tree ``tree`` (a path or a base name), by default the tree with the
+    most entries (then the most branches): usually the event tree."""
+    trees = report["trees"]
+    if not trees:
+        raise DataError(f"{report['path']} has no TTree to suggest features for.")
+    if tree is None:
+        return max(trees, key=lambda t: (t["entries"], len(t["branches"])))
+    for info in trees:
+        if tree in (info["name"], info["name"].rsplit("/", 1)[-1]):
+            return info
+    raise DataError(
+        f"{report['path']} has no tree {tree!r} in this report."
+        + did_you_mean(tree, [t["name"] for t in trees], "trees")
+    )
+
+
+def _suggest(info: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """The features block and, per reason, the branches it leaves out."""
+    skipped: dict[str, list[str]] = {}
+    flat = [b["name"] for b in info["branches"] if _flat_choice(b, skipped)]
+    collections = _collections(info["branches"], skipped)
+    block: dict[str, Any] = {"flat": flat}
+    if collections:
+        block["collections"] = collections
+    return block, skipped
+
+
+def _flat_choice(branch: dict[str, Any], skipped: dict[str, list[str]]) -> bool:
+    if branch["jagged"]:
+        return False
+    name, reason = branch["name"], None
+    lowered = name.lower()
+    if branch["is_counter"]:
+        reason = "counters (use multiplicity: true)"
+    elif branch["type"] not in _NUMERIC_TYPES:
+        reason = "not one number per event" if branch["type"] != "bool" else \
+            "booleans (trigger bits, filters)"
+    elif lowered in _ID_BRANCHES:
+        reason = "event ids"
+    elif "weight" in lowered:
+        reason = "weights (use the dataset's weight: key)"
+    elif lowered.startswith(_TRUTH_PREFIXES):
+        reason = "generator-level truth"
+    if reason is not None:
+        skipped.setdefault(reason, []).append(name)
+    return reason is None
+
+
+def _collections(branches: list[dict[str, Any]],
+                 skipped: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
+    groups: dict[tuple[str | None, str], list[dict[str, Any]]] = {}
+    for branch in branches:
+        if not branch["jagged"]:
+            continue
+        prefix, sep, _ = branch["name"].partition("_")
+        if not sep:
+            skipped.setdefault("jagged without a Prefix_ name", []).append(branch["name"])
+            continue
+        groups.setdefault((branch["counter"], prefix), []).append(branch)
+    out: dict[str, dict[str, Any]] = {}
+    for (_, prefix), members in groups.items():
+        if prefix.lower().startswith(_TRUTH_PREFIXES):
+            skipped.setdefault("generator-level truth", []).extend(m["name"] for m in members)
+            continue
+        if prefix in out:
+            skipped.setdefault("collections with mixed counters", []).extend(
+                m["name"] for m in members)
+            continue
+        collection = _collection(prefix, members, skipped)
+        if collection is not None:
+            out[prefix] = collection
+    return out
+
+
+def _collection(prefix: str, members: list[dict[str, Any]],
+                skipped: dict[str, list[str]]) -> dict[str, Any] | None:
+    fields = []
+    for member in members:
+        field = member["name"][len(prefix) + 1:]
+        element = member["type"].removesuffix("[]")
+        if element.startswith("std::vector<"):
+            element = element[len("std::vector<"):-1]
+        if element not in _NUMERIC_TYPES:
+            skipped.setdefault("object flags and non-numeric fields", []).append(member["name"])
+        elif any(part in field.lower() for part in _SKIPPED_FIELD_PARTS):
+            skipped.setdefault("object indices and truth labels", []).append(member["name"])
+        else:
+            fields.append(field)
+    if not fields:
+        return None
+    stats = members[0]["multiplicity"]
+    collection: dict[str, Any] = {"fields": fields}
+    collection["n"] = max(1, math.ceil(stats["p95"])) if stats else "auto"
+    px, py = _momentum_components(fields)
+    if "pt" in fields:
+        collection["sort_by"] = "pt"
+    elif px and py:
+        collection["fields"] = ["pt", *fields]
+        collection["derived"] = {"pt": f"hypot({px}, {py})"}
+        collection["sort_by"] = "pt"
+    collection["multiplicity"] = True
+    return collection
+
+
+def _momentum_components(fields: list[str]) -> tuple[str | None, str | None]:
+    for px, py in (("Px", "Py"), ("px", "py"), ("PX", "PY")):
+        if px in fields and py in fields:
+            return px, py
+    return None, None
+
+
+# -- text ---------------------------------------------------------------------------------
+
+
+def _format_tree(info: dict[str, Any]) -> list[str]:
+    compression = info["compression"]
+    codec = compression["algorithm"] + (f":{compression['level']}"
+                                        if compression["algorithm"] != "none" else "")
+    n_jagged = sum(b["jagged"] for b in info["branches"])
+    lines = [
+        f"TTree {info['name']!r}: {info['entries']:,} entries, {len(info['branches'])} "
+        f"branches ({n_jagged} jagged), compression {codec}",
+    ]
+    if n_jagged:
+        lines.append(f"  multiplicities from the first {info['sampled_events']:,} entries")
+    width = min(max([len(b["name"]) for b in info["branches"]] + [6]), _NAME_COLUMN)
+    type_width = min(max([len(b["type"]) for b in info["branches"]] + [4]), _TYPE_COLUMN)
+    kinds = [_jagged_column(b) for b in info["branches"]]
+    kind_width = max([len(k) for k in kinds] + [7])
+    lines.append(f"  {'branch':<{width}}  {'type':<{type_width}}  {'jagged':<{kind_width}}"
+                 f"{'mean':>8}{'p95':>7}{'p99':>7}{'max':>6}")
+    for branch, kind in zip(info["branches"], kinds, strict=True):
+        lines.append(_format_branch(branch, kind, (width, type_width, kind_width)).rstrip())
+    return lines
+
+
+def _jagged_column(branch: dict[str, Any]) -> str:
+    if branch["jagged"]:
+        return f"[{branch['counter']}]" if branch["counter"] else "yes"
+    return "counter" if branch["is_counter"] else ""
+
+
+def _format_branch(branch: dict[str, Any], kind: str, widths: tuple[int, int, int]) -> str:
+    width, type_width, kind_width = widths
+    text = f"  {branch['name']:<{width}}  {branch['type']:<{type_width}}  {kind:<{kind_width}}"
+    stats = branch.get("multiplicity")
+    if stats:
+        text += (f"{stats['mean']:>8.2f}{stats['p95']:>7.1f}{stats['p99']:>7.1f}"
+                 f"{stats['max']:>6d}")
+    return text
+
+
+def _format_suggestion(info: dict[str, Any]) -> list[str]:
+    import yaml
+
+    block, skipped = _suggest(info)
+    lines = [f"Suggested features for tree {info['name']!r} (review, then paste into your "
+             "job file):"]
+    for reason, names in skipped.items():
+        shown = ", ".join(names[:6]) + (f", ... ({len(names)} in all)" if len(names) > 6
+                                         else "")
+        lines.append(f"  left out, {reason}: {shown}")
+    text = yaml.safe_dump({"features": block}, sort_keys=False, default_flow_style=None,
+                          width=96)
+    lines.extend(text.rstrip("\n").splitlines())
+    return lines
+
+
+def _human_bytes(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} TB"
