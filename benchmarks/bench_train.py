@@ -94,7 +94,7 @@ def baseline(job_path: str) -> None:
     train_labels = y[split == 0]
     factors = train_labels.size / (2 * np.bincount(train_labels, minlength=2))  # as ours
     weight = factors[y].astype(np.float32)
-    params = {"objective": "binary:logistic", "eval_metric": ["logloss", "auc"],
+    params = {"objective": "binary:logistic", "eval_metric": ["logloss"],
               "tree_method": "hist", "max_depth": DEPTH, "eta": ETA, "nthread": 2}
     dtrain = xgboost.QuantileDMatrix(X[split == 0], y[split == 0], weight=weight[split == 0])
     dvalid = xgboost.QuantileDMatrix(X[split == 1], y[split == 1], ref=dtrain)

@@ -88,7 +88,7 @@ def test_auc_matches_single_process_xgboost(client, tmp_path: Path) -> None:
                                       job.split.train, job.split.validation, job.split.seed))
     X, y, w, split = map(np.concatenate, (X, y, w, split))
     balance = np.where(y == 1, w[(y == 0) & (split == 0)].sum() / w[(y == 1) & (split == 0)].sum(), 1)
-    params = {"objective": "binary:logistic", "eval_metric": ["logloss", "auc"],
+    params = {"objective": "binary:logistic", "eval_metric": ["logloss"],
               "tree_method": "hist", "max_depth": 4, "eta": 0.1, "nthread": 2}
     dtrain = xgboost.DMatrix(X[split == 0], y[split == 0], weight=(w * balance)[split == 0])
     dvalid = xgboost.DMatrix(X[split == 1], y[split == 1], weight=w[split == 1])
@@ -176,3 +176,15 @@ def test_multiclass_with_named_labels(client, tmp_path: Path) -> None:
     scores = bundle.predict_events(events)
     assert scores.shape == (3000, 3)
     np.testing.assert_allclose(scores.sum(axis=1), 1, rtol=1e-5)
+
+
+def test_one_class_per_worker_still_stops_early_on_a_real_metric(client, tmp_path: Path) -> None:
+    """One partition per file and one file per class: each worker sees a single class."""
+    text = small_job(tmp_path).replace("step_size: 1000", "step_size: 3000").replace(
+        "num_boost_round: 30", "num_boost_round: 60")
+    result = train(job_from_text(text, base=tmp_path), cluster=client, out=tmp_path / "b",
+                   **quiet)
+    history = result.metrics["history"]["validation"]
+    (metric,) = history
+    assert metric == "logloss" and all(np.isfinite(history[metric]))
+    assert result.metrics["rounds"] > 5
