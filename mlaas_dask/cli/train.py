@@ -35,6 +35,9 @@ def add_parser(subparsers: Any) -> None:
                         help="bundle directory (overrides the job's output.dir)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing bundle at --out (never other data)")
+    parser.add_argument("--archive", action="store_true",
+                        help="also write the bundle as <out>.tar.gz (for upload to "
+                             "'mlaas serve' or copying elsewhere)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.set_defaults(run=run)
 
@@ -55,4 +58,9 @@ def run(args: argparse.Namespace) -> int:
           f"{seconds['train']:.1f} s, evaluate {seconds['evaluate']:.1f} s, total "
           f"{seconds['total']:.1f} s")
     print(f"Model bundle written to {result.bundle}")
+    if args.archive:
+        from mlaas_dask.bundle import export_archive
+
+        archive = export_archive(result.bundle, f"{result.bundle}.tar.gz")
+        print(f"Archive written to {archive}")
     return 0
