@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -66,38 +67,13 @@ def test_cms_tutorial_end_to_end(client, tmp_path: Path) -> None:
 
 
 def test_auc_matches_single_process_xgboost(client, tmp_path: Path) -> None:
-    """Same features, same split, same parameters in one process: AUC within 0.01."""
-    import xgboost
-    from sklearn.metrics import roc_auc_score
-
-    from mlaas_dask.train.split import assign_split, file_key
+    """Same features, split, weights and parameters in one process: AUC within 0.01."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bench_cms_auc import single_process_auc
 
     job = load_job(REPO / "examples" / "cms-hep-tutorial.yaml")
     result = train(job, cluster=client, out=tmp_path / "b", **quiet)
-    spec = ModelBundle.load(tmp_path / "b").spec
-    X, y, w, split = [], [], [], []
-    for group in job.dataset.groups:
-        for path in group.files:
-            with uproot.open(path) as f:
-                events = f["events"].arrays([*spec.branches(), "EventWeight"])
-            n = len(events)
-            X.append(spec.transform(events))
-            y.append(np.full(n, group.label))
-            w.append(np.asarray(events.EventWeight))
-            split.append(assign_split([np.full(n, file_key(path), np.uint64), np.arange(n)],
-                                      job.split.train, job.split.validation, job.split.seed))
-    X, y, w, split = map(np.concatenate, (X, y, w, split))
-    balance = np.where(y == 1, w[(y == 0) & (split == 0)].sum() / w[(y == 1) & (split == 0)].sum(), 1)
-    params = {"objective": "binary:logistic", "eval_metric": ["logloss"],
-              "tree_method": "hist", "max_depth": 4, "eta": 0.1, "nthread": 2}
-    dtrain = xgboost.DMatrix(X[split == 0], y[split == 0], weight=(w * balance)[split == 0])
-    dvalid = xgboost.DMatrix(X[split == 1], y[split == 1], weight=w[split == 1])
-    booster = xgboost.train(params, dtrain, 300, evals=[(dvalid, "validation")],
-                            early_stopping_rounds=20, verbose_eval=False)
-    scores = booster.predict(xgboost.DMatrix(X[split == 2]),
-                             iteration_range=(0, booster.best_iteration + 1))
-    reference = roc_auc_score(y[split == 2], scores)
-    assert result.metrics["events"] == int((split == 2).sum())
+    reference = single_process_auc(job, ModelBundle.load(tmp_path / "b").spec)
     assert abs(result.metrics["auc"] - reference) < 0.01
 
 
