@@ -120,7 +120,7 @@ def timed(command: list[str]) -> tuple[float, int, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=2_000_000)
-    parser.add_argument("--step-size", type=int, default=250_000)
+    parser.add_argument("--step-size", type=int, default=500_000)
     parser.add_argument("--baseline", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.baseline:

@@ -206,7 +206,9 @@ def load_job(path: str | Path) -> Job:
     """
     path = Path(path)
     data, lines = load_yaml(path)
-    return job_from_dict(data, Validator(str(path), lines), base=path.parent)
+    job = job_from_dict(data, Validator(str(path), lines), base=path.parent)
+    job.source = path
+    return job
 
 
 def job_from_text(text: str, base: Path | None = None, name: str = "<job>") -> Job:

@@ -112,11 +112,8 @@ class Dataset:
         wanted = list(dict.fromkeys([*branches, *optional_branches]))
         with ThreadPoolExecutor(max_workers=min(16, max(1, len(paths)))) as pool:
             opened = list(pool.map(lambda gp: _open(gp[1], gp[0], tree, wanted), paths))
-        self.files: list[FileInfo] = []
-        present_everywhere = set(wanted)
-        for info, available in opened:
-            present_everywhere &= set(info.types)
-            self.files.append(info)
+        self.files: list[FileInfo] = [info for info, _ in opened]
+        present_everywhere = set(wanted).intersection(*(info.types for info in self.files))
         for info, available in opened:
             for branch in branches:
                 if branch not in info.types:

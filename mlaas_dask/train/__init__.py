@@ -158,14 +158,14 @@ def _run(job: Any, client: Any, dataset: Any, spec: Any, plan: Any, out: Path,
         "feature_importance": metrics_module.importance(booster, spec.feature_names),
         "history": history["history"],
     }
-    metadata = _metadata(job, dataset, spec, stats, classes, params, cluster_info, device)
+    metadata = _metadata(job, dataset, plan, stats, classes, params, cluster_info, device)
     bundle = write_bundle(out, model=bytes(booster.save_raw("ubj")), spec=spec,
                           metadata=metadata, metrics=metrics, extra_files=plots,
                           overwrite=overwrite)
     return TrainResult(bundle, metrics, metadata)
 
 
-def _metadata(job: Any, dataset: Any, spec: Any, stats: dict[str, Any], classes: list[str],
+def _metadata(job: Any, dataset: Any, plan: Any, stats: dict[str, Any], classes: list[str],
               params: dict[str, Any], cluster_info: dict[str, Any], device: str) -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -181,10 +181,10 @@ def _metadata(job: Any, dataset: Any, spec: Any, stats: dict[str, Any], classes:
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "model": {"kind": "xgboost", "file": "model.ubj", "params": params,
                   "device": device},
-        "features": {"names": spec.feature_names, "count": spec.n_features},
+        "features": {"names": plan.spec.feature_names, "count": plan.spec.n_features},
         "dataset": {**dataset.summary(), "cut": job.dataset.cut,
                     "weight_branch": job.dataset.weight_branch,
-                    "id_branches": list(dataset.optional_present)},
+                    "id_branches": list(plan.id_branches)},
         "data_summary": {
             "events_read": stats["events_read"],
             "events_selected": stats["events_selected"],
@@ -193,7 +193,7 @@ def _metadata(job: Any, dataset: Any, spec: Any, stats: dict[str, Any], classes:
         },
         "split": {"train": job.split.train, "validation": job.split.validation,
                   "test": job.split.test, "seed": job.split.seed,
-                  "by": list(dataset.optional_present) or ["file", "entry"]},
+                  "by": list(plan.id_branches) or ["file", "entry"]},
         "cluster": cluster_info,
         "versions": versions,
     }

@@ -40,6 +40,8 @@ class Matrices:
     y: dict[str, Any]
     w: dict[str, Any]
     stats: dict[str, Any] = field(default_factory=dict)
+    #: the per-partition results held on the workers (release them to free memory)
+    futures: list[Any] = field(default_factory=list)
 
 
 def process_partition(events: Any, partition: Partition, plan: PartitionPlan) -> dict[str, Any]:
@@ -148,7 +150,7 @@ def build_matrices(
         progress_bar(futures)
         print()
     stats = client.gather(client.map(_get_stats, futures, pure=False))
-    matrices = Matrices({}, {}, {}, _summarise(stats, dataset, plan))
+    matrices = Matrices({}, {}, {}, _summarise(stats, dataset, plan), futures)
     n_features = plan.spec.n_features
     getter = delayed(_get_split, pure=True)
     for name in SPLIT_NAMES:
@@ -169,7 +171,6 @@ def build_matrices(
         matrices.X[name] = da.concatenate(blocks_x)
         matrices.y[name] = da.concatenate(blocks_y)
         matrices.w[name] = da.concatenate(blocks_w)
-    matrices.stats["futures"] = futures
     return matrices
 
 
