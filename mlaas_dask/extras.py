@@ -11,6 +11,7 @@ from mlaas_dask.errors import MlaasError
 _EXTRAS = {
     "fsspec_xrootd": ("xrootd", "reading root:// URLs"),
     "XRootD": ("xrootd", "reading root:// URLs"),
+    "aiohttp": ("xrootd", "reading https:// URLs"),
     "dask_jobqueue": ("jobqueue", "SLURM / HTCondor / PBS clusters"),
     "tritonclient": ("test", "the Open Inference Protocol client tests"),
 }

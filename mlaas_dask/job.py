@@ -35,11 +35,43 @@ def _fraction(value: Any) -> str | None:
     return None if 0 <= value <= 1 else f"must be between 0 and 1, got {value}."
 
 
+def _not_negative(value: Any) -> str | None:
+    return None if value >= 0 else f"must be 0 or more, got {value}."
+
+
+def _redirector(value: str) -> str | None:
+    from mlaas_dask.data.remote import normalise_url
+
+    if normalise_url(value).startswith(("root://", "roots://", "https://", "http://")):
+        return None
+    return (f"{value!r} is not a redirector URL; use e.g. 'root://cms-xrd-global.cern.ch/' "
+            "or an https:// prefix.")
+
+
+def _size(value: Any) -> str | None:
+    from mlaas_dask.data.cache import parse_size
+
+    try:
+        parse_size(value)
+    except ConfigError as err:
+        return str(err)
+    return None
+
+
+CACHE_SCHEMA = {
+    "dir": Field((str,), "the cache folder (local to each worker machine)", required=True),
+    "max_size": Field((str, int), "size bound, e.g. '20 GB'; the least recently used "
+                      "entries are evicted", default="10 GB", check=_size),
+}
+
 GROUP_SCHEMA = {
     "name": Field((str,), "a name for this group of files, e.g. 'ttH'", required=True),
-    "files": Field((list,), "paths, globs or root:// / https:// URLs", required=True,
-                   items=Field((str,), "a path, glob or URL")),
-    "label": Field((int, str), "the class: 0/1 for binary, or a class name", required=True),
+    "files": Field((list,), "paths, globs, root:// / https:// URLs or CMS /store/ names",
+                   default=[], items=Field((str,), "a path, glob, URL or /store/ name")),
+    "file_list": Field((str,), "a text file listing files (paths, URLs or /store/ names), "
+                       "one a line"),
+    "label": Field((int, str), "the class: 0/1 for binary, or a class name (omit it when "
+                   "dataset.label_branch gives the label of every event)"),
     "weight": Field(_NUMBER, "per-event weight of the group, e.g. xsec * lumi / N",
                     default=1.0, check=_positive),
 }
@@ -52,9 +84,30 @@ DATASET_SCHEMA = {
                  check=_expression),
     "weight_branch": Field((str,), "a per-event weight branch, e.g. genWeight"),
     "step_size": Field((int,), "events per partition", default=500_000, check=_positive),
+    "label_branch": Field((str,), "a branch holding each event's class index (0, 1, ...), "
+                          "instead of one label per group"),
+    "classes": Field((list,), "class names for label_branch values 0, 1, ...",
+                     items=Field((str,), "a class name")),
     "id_branches": Field((list,), "branches identifying an event (split, predictions)",
                          default=["run", "luminosityBlock", "event"],
                          items=Field((str,), "a branch name")),
+    "redirectors": Field((list,), "XRootD / HTTPS redirectors for /store/ names, tried in "
+                         "order (regional first, then global)", default=[],
+                         items=Field((str,), "a redirector URL, e.g. "
+                                     "root://cms-xrd-global.cern.ch/",
+                                     check=_redirector)),
+    "timeout": Field(_NUMBER, "seconds one remote request may take", default=60.0,
+                     check=_positive),
+    "retries": Field((int,), "retries of a transient read error at one place",
+                     default=3, check=_not_negative),
+    "backoff": Field(_NUMBER, "first retry delay in seconds (doubles, with jitter)",
+                     default=1.0, check=_not_negative),
+    "on_error": Field((str,), "what a file or partition that cannot be read does",
+                      default="fail", choices=("fail", "skip")),
+    "min_fraction": Field(_NUMBER, "with on_error: skip, the least fraction of the "
+                          "events that must be read", default=0.9, check=_fraction),
+    "cache": Field((dict, str), "a local feature cache: a folder, or {dir, max_size}",
+                   schema=CACHE_SCHEMA),
 }
 
 COLLECTION_SCHEMA = {
@@ -82,7 +135,20 @@ FEATURES_SCHEMA = {
 }
 
 MODEL_SCHEMA = {
-    "kind": Field((str,), "the model type", default="xgboost", choices=("xgboost",)),
+    "kind": Field((str,), "the model type (default: sklearn when class or file is given, "
+                  "else xgboost)", choices=("xgboost", "sklearn")),
+    "class": Field((str,), "an importable estimator class, e.g. "
+                   "sklearn.linear_model.SGDClassifier"),
+    "file": Field((str,), "a Python file defining model() or model(n_features) that "
+                  "returns an estimator (MLaaS4HEP style)"),
+    "epochs": Field((int,), "passes over the partitions for partial_fit models", default=5,
+                    check=_positive),
+    "sample_size": Field((int,), "events used to fit models without partial_fit",
+                         default=500_000, check=_positive),
+    "scale": Field((bool,), "standard-scale features (fitted on the training split) for "
+                   "non-XGBoost models", default=True),
+    "fill_value": Field(_NUMBER, "value replacing NaN (missing objects) for non-XGBoost "
+                        "models", default=0.0),
     "device": Field((str,), "where XGBoost trains", default="auto",
                     choices=("auto", "cpu", "cuda")),
     "params": Field((dict,), "XGBoost parameters (max_depth, eta, ...)", default={}),
@@ -115,9 +181,23 @@ JOB_SCHEMA = {
     "split": Field((dict,), "train / validation / test fractions", default=None,
                    schema=SPLIT_SCHEMA),
     "output": Field((dict,), "the bundle location", default=None, schema=OUTPUT_SCHEMA),
-    "cluster": Field((str,), "where Dask runs: local, a scheduler address or a file",
+    "cluster": Field((str,), "where Dask runs: local, local:N, a cluster file's NAME or "
+                     "path (relative to the job file), or a scheduler address",
                      default="local"),
+    "tune": Field((dict,), "hyperparameter search for 'mlaas tune'", default=None),
 }
+
+TUNE_SCHEMA = {
+    "space": Field((dict,), "parameter -> list of values, or {low, high, log, int}",
+                   required=True),
+    "trials": Field((int,), "configurations to try", default=8, check=_positive),
+    "method": Field((str,), "how configurations are drawn", default="random",
+                    choices=("random", "grid")),
+    "sample_size": Field((int,), "training events per trial (a bounded sample)",
+                         default=200_000, check=_positive),
+    "seed": Field((int,), "seed of the random draws", default=0),
+}
+JOB_SCHEMA["tune"].schema = TUNE_SCHEMA
 
 
 @dataclass
@@ -136,16 +216,47 @@ class DatasetConfig:
 
     groups: list[FileGroup]
     tree: str = "Events"
+    label_branch: str | None = None
+    class_names: list[str] | None = None
     cut: str | None = None
     weight_branch: str | None = None
     step_size: int = 500_000
     id_branches: list[str] = field(default_factory=lambda: ["run", "luminosityBlock", "event"])
+    redirectors: list[str] = field(default_factory=list)
+    timeout: float = 60.0
+    retries: int = 3
+    backoff: float = 1.0
+    on_error: str = "fail"
+    min_fraction: float = 0.9
+    cache_dir: str | None = None
+    cache_max_size: str | int = "10 GB"
+
+    @property
+    def policy(self) -> Any:
+        """The :class:`~mlaas_dask.data.remote.ReadPolicy` of these settings."""
+        from mlaas_dask.data.remote import ReadPolicy
+
+        return ReadPolicy(redirectors=tuple(self.redirectors), timeout=float(self.timeout),
+                          retries=int(self.retries), backoff=float(self.backoff),
+                          max_backoff=max(30.0, float(self.backoff)),
+                          on_error=self.on_error, min_fraction=float(self.min_fraction))
+
+    @property
+    def feature_cache(self) -> Any:
+        """The :class:`~mlaas_dask.data.cache.FeatureCache`, or None without one."""
+        if not self.cache_dir:
+            return None
+        from mlaas_dask.data.cache import FeatureCache, parse_size
+
+        return FeatureCache(self.cache_dir, parse_size(self.cache_max_size))
 
     @property
     def classes(self) -> list[str]:
         """Class names in label order: integer labels sort numerically and are named by
         their groups ('background', 'signal' for 0/1 when unnamed); string labels sort in
-        order of first appearance."""
+        order of first appearance. With a label branch, the configured class names."""
+        if self.label_branch:
+            return list(self.class_names or ["background", "signal"])
         labels = [g.label for g in self.groups]
         if all(isinstance(x, int) for x in labels):
             ordered = sorted(set(labels))
@@ -158,6 +269,8 @@ class DatasetConfig:
         return [str(x) for x in dict.fromkeys(labels)]
 
     def label_index(self, group: FileGroup) -> int:
+        if self.label_branch:
+            return -1  # every event's label comes from the branch
         labels = [g.label for g in self.groups]
         if all(isinstance(x, int) for x in labels):
             return sorted(set(labels)).index(group.label)
@@ -166,12 +279,31 @@ class DatasetConfig:
 
 @dataclass
 class ModelConfig:
+    """The classifier: XGBoost (default) or a scikit-learn estimator (class or file)."""
+
     kind: str = "xgboost"
     device: str = "auto"
     params: dict[str, Any] = field(default_factory=dict)
     num_boost_round: int = 300
     early_stopping_rounds: int | None = 20
     balance_classes: bool = True
+    estimator_class: str | None = None
+    file: str | None = None
+    epochs: int = 5
+    sample_size: int = 500_000
+    scale: bool = True
+    fill_value: float = 0.0
+
+
+@dataclass
+class TuneConfig:
+    """Hyperparameter search: a space, a number of trials, a bounded sample."""
+
+    space: dict[str, Any]
+    trials: int = 8
+    method: str = "random"
+    sample_size: int = 200_000
+    seed: int = 0
 
 
 @dataclass
@@ -192,6 +324,7 @@ class Job:
     split: SplitConfig = field(default_factory=SplitConfig)
     output: str = "bundles/model"
     cluster: str = "local"
+    tune: TuneConfig | None = None
     source: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -224,11 +357,24 @@ def job_from_dict(data: Any, validator: Validator, base: Path) -> Job:
                                   "'features' (see examples/sample.yaml).")
     clean = validator.mapping(data, JOB_SCHEMA)
     dataset = clean["dataset"]
+    for i, g in enumerate(dataset["groups"]):
+        where = ("dataset", "groups", i)
+        if g["file_list"]:
+            from mlaas_dask.data.dataset import read_file_list
+            from mlaas_dask.errors import DataError
+
+            try:
+                g["files"] = [*g["files"], *read_file_list(_resolve(g["file_list"], base))]
+            except DataError as err:
+                raise validator.error((*where, "file_list"), str(err)) from None
+        elif not g["files"]:
+            raise validator.error(where, f"group {g['name']!r} has no files: give 'files' "
+                                  "(paths, globs, URLs) or 'file_list' (a text file).")
     groups = [
         FileGroup(
             name=g["name"],
             files=[_resolve(f, base) for f in g["files"]],
-            label=g["label"],
+            label=g["label"],  # None with a label branch
             weight=float(g["weight"]),
         )
         for g in dataset["groups"]
@@ -244,8 +390,18 @@ def job_from_dict(data: Any, validator: Validator, base: Path) -> Job:
     dataset_config = DatasetConfig(
         groups=groups, tree=dataset["tree"], cut=dataset["cut"],
         weight_branch=dataset["weight_branch"], step_size=dataset["step_size"],
-        id_branches=list(dataset["id_branches"]),
+        id_branches=list(dataset["id_branches"]), label_branch=dataset["label_branch"],
+        class_names=dataset["classes"],
+        redirectors=list(dataset["redirectors"]), timeout=dataset["timeout"],
+        retries=dataset["retries"], backoff=dataset["backoff"],
+        on_error=dataset["on_error"], min_fraction=dataset["min_fraction"],
+        **_cache_settings(dataset["cache"], base),
     )
+    for i, group in enumerate(groups):
+        if group.label is None and not dataset_config.label_branch:
+            raise validator.error(("dataset", "groups", i), f"group {group.name!r} has no "
+                                  "label; give 'label: 0/1/name', or set "
+                                  "dataset.label_branch to read labels from a branch.")
     if len(set(dataset_config.classes)) < 2:
         raise validator.error(("dataset", "groups"), "all groups have the same label "
                               f"{groups[0].label!r}; a classifier needs at least two classes.")
@@ -253,7 +409,8 @@ def job_from_dict(data: Any, validator: Validator, base: Path) -> Job:
         features = FeatureSpec.from_dict(clean["features"])
     except FeatureError as err:
         raise validator.error(("features",), str(err)) from None
-    model = ModelConfig(**(clean["model"] or {k: f.default for k, f in MODEL_SCHEMA.items()}))
+    model = _model_config(clean["model"] or {k: f.default for k, f in MODEL_SCHEMA.items()},
+                          validator, base)
     split = SplitConfig(**(clean["split"] or {k: f.default for k, f in SPLIT_SCHEMA.items()}))
     total = split.train + split.validation + split.test
     if abs(total - 1) > 1e-6 or split.train <= 0 or split.test <= 0:
@@ -264,9 +421,42 @@ def job_from_dict(data: Any, validator: Validator, base: Path) -> Job:
                               "fraction above 0; set model.early_stopping_rounds: 0 to "
                               "train without it.")
     output = (clean["output"] or {}).get("dir") or "bundles/model"
+    tune = TuneConfig(**clean["tune"]) if clean["tune"] else None
     return Job(dataset=dataset_config, features=features, model=model, split=split,
-               output=_resolve(output, base), cluster=clean["cluster"], source=None,
-               raw=data)
+               output=_resolve(output, base), cluster=_resolve_cluster(clean["cluster"], base), tune=tune,
+               source=None, raw=data)
+
+
+def _model_config(model: dict[str, Any], validator: Validator, base: Path) -> ModelConfig:
+    model = dict(model)
+    estimator_class, file = model.pop("class"), model.pop("file")
+    kind = model.pop("kind") or ("sklearn" if estimator_class or file else "xgboost")
+    if kind == "sklearn" and bool(estimator_class) == bool(file):
+        raise validator.error(("model",), "a sklearn model needs exactly one of 'class' "
+                              "(e.g. class: sklearn.linear_model.SGDClassifier) or 'file' "
+                              "(a Python file defining model()).")
+    if kind == "xgboost" and (estimator_class or file):
+        raise validator.error(("model", "kind"), "kind: xgboost takes no 'class' or 'file'; "
+                              "use kind: sklearn for your own estimator.")
+    return ModelConfig(kind=kind, estimator_class=estimator_class,
+                       file=_resolve(file, base) if file else None, **model)
+
+
+def _cache_settings(cache: Any, base: Path) -> dict[str, Any]:
+    if not cache:
+        return {}
+    if isinstance(cache, str):
+        cache = {"dir": cache, "max_size": CACHE_SCHEMA["max_size"].default}
+    return {"cache_dir": _resolve(str(Path(cache["dir"]).expanduser()), base),
+            "cache_max_size": cache["max_size"]}
+
+
+def _resolve_cluster(cluster: str, base: Path) -> str:
+    """A cluster file path in a job is relative to the job file; names and addresses are
+    kept as they are (see mlaas_dask.cluster)."""
+    if "://" not in cluster and cluster.endswith((".yaml", ".yml")):
+        return _resolve(cluster, base)
+    return cluster
 
 
 def _resolve(location: str, base: Path) -> str:

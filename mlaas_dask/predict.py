@@ -49,6 +49,7 @@ def predict_files(
     overwrite: bool = False,
     progress: bool = True,
     log: Any = print,
+    policy: Any = None,
 ) -> PredictResult:
     """Score ROOT files with a bundle on a Dask cluster and write the scores.
 
@@ -63,6 +64,9 @@ def predict_files(
         then only the files this function writes are replaced).
     tree
         Tree name; defaults to the tree the model was trained on.
+    policy
+        A :class:`~mlaas_dask.data.remote.ReadPolicy` (redirectors for /store/ names,
+        timeout, retries). Every event must be scored, so ``on_error`` is always ``fail``.
     """
     from mlaas_dask.cluster import connect
     from mlaas_dask.data.dataset import Dataset, Group
@@ -73,12 +77,18 @@ def predict_files(
     trained_on = model.metadata.get("dataset", {})
     tree = tree or trained_on.get("tree") or "Events"
     ids = list(trained_on.get("id_branches") or ["run", "luminosityBlock", "event"])
+    from dataclasses import replace
+
+    from mlaas_dask.data.credentials import worker_credentials
+    from mlaas_dask.data.remote import ReadPolicy
+
+    policy = replace(policy or ReadPolicy(), on_error="fail")
     dataset = Dataset([Group("input", tuple(files))], tree, model.spec.branches(), step_size,
-                      optional_branches=ids)
+                      optional_branches=ids, policy=policy)
     model.spec.check_schema(dataset.jagged, where=f"tree {tree!r} of {dataset.files[0].path}")
     log(f"Scoring {dataset.entries:,} events in {len(dataset.files)} files "
         f"({len(dataset.partitions)} partitions) with {model.path}")
-    with connect(cluster) as client:
+    with connect(cluster) as client, worker_credentials(client):
         log(f"Dask dashboard: {client.dashboard_link}")
         results = _score(client, dataset, model, progress)
     return _write(out, dataset, model, results, overwrite)
@@ -95,14 +105,24 @@ def _score_partition(events: Any, model: ModelBundle, ids: list[str]) -> dict[st
     return result
 
 
+def _read_and_score(partition: Any, source: Any, model: ModelBundle,
+                    ids: list[str]) -> dict[str, np.ndarray]:
+    events, _ = source.read(partition.start, partition.stop)
+    return _score_partition(events, model, ids)
+
+
 def _score(client: Any, dataset: Any, model: ModelBundle, progress: bool) -> list[dict[str, Any]]:
     from dask import delayed
     from distributed import progress as progress_bar
 
+    model.share_code(client)
     shared = client.scatter(model, broadcast=True)
-    parts = dataset.to_dask_awkward().to_delayed(optimize_graph=True)
-    task = delayed(_score_partition, pure=True)
-    futures = client.compute([task(p, shared, dataset.optional_present) for p in parts])
+    # each task reads its partition itself: timeouts, retries, redirector fallback, and
+    # credentials from the worker's environment (never in the task graph)
+    sources = dataset.sources()
+    task = delayed(_read_and_score, pure=True)
+    futures = client.compute([task(p, sources[p.file], shared, dataset.optional_present)
+                              for p in dataset.partitions])
     if progress:
         progress_bar(futures)
         print()

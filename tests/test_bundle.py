@@ -69,7 +69,7 @@ def test_overwrite_replaces_only_bundles(tmp_path: Path) -> None:
 def test_incomplete_and_inconsistent_bundles_are_refused(tmp_path: Path) -> None:
     bundle = make_bundle(tmp_path / "b")
     (bundle / "model.ubj").rename(tmp_path / "model.ubj")
-    with pytest.raises(BundleError, match=r"not a complete model bundle: model.ubj missing"):
+    with pytest.raises(BundleError, match=r"not a complete model bundle: model.ubj or model.skops or model.pkl missing"):
         ModelBundle.load(bundle)
     (tmp_path / "model.ubj").rename(bundle / "model.ubj")
     spec = FeatureSpec(flat=["a", "b"])

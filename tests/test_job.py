@@ -46,7 +46,7 @@ def test_unknown_key_names_line_and_closest_spelling() -> None:
     message = error_for(GOOD.replace("model:", "modle:"))
     assert message.startswith("job.yaml, line 10: unknown key 'modle' in the top level.")
     assert "Did you mean 'model'?" in message
-    assert "Available keys: cluster, dataset, features, model, output, split." in message
+    assert "Available keys: cluster, dataset, features, model, output, split, tune." in message
 
 
 def test_nested_unknown_key() -> None:
@@ -62,8 +62,8 @@ def test_wrong_type_names_key_and_expected_type() -> None:
 
 def test_missing_required_field() -> None:
     message = error_for(GOOD.replace(", label: 0", ""))
-    assert "'dataset.groups[1]' is missing the required key 'label'" in message
-    assert "line 5" in message
+    assert "line 5: group 'bkg' has no label; give 'label: 0/1/name'" in message
+    assert "dataset.label_branch" in message
 
 
 def test_bad_choice_lists_allowed_values() -> None:

@@ -21,8 +21,11 @@ COMMANDS = {
     "sample": "sample",
     "inspect": "inspect",
     "train": "train",
+    "tune": "tune",
     "predict": "predict",
     "serve": "serve",
+    "bench": "bench",
+    "cluster": "cluster",
 }
 
 DESCRIPTION = """\

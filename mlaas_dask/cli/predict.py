@@ -30,20 +30,30 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--tree", default=None,
                         help="tree name (default: the tree the model was trained on)")
     parser.add_argument("--cluster", default="local",
-                        help="local, local:N or tcp://host:port (default: local)")
+                        help="local, local:N, a cluster file's NAME[:N] or PATH, or "
+                             "tcp://host:port (default: local; see 'mlaas cluster')")
     parser.add_argument("--step-size", type=int, default=500_000,
                         help="events per partition (default: 500000)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace score files in a non-empty --out")
+    parser.add_argument("--trust", action="append", default=[], metavar="TYPE",
+                        help="trust this type in a skops model (a class from your own model "
+                             "file); repeat for several. Only for bundles you made")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="load a pickle-only model (model.pkl). Only for bundles you "
+                             "made: unpickling runs arbitrary code")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from mlaas_dask.bundle import ModelBundle
     from mlaas_dask.predict import predict_files
 
     log = (lambda *a, **k: None) if args.quiet else print
-    result = predict_files(args.bundle, args.files, args.out, tree=args.tree,
+    bundle = ModelBundle.load(args.bundle, trusted_types=args.trust,
+                              allow_pickle=args.allow_pickle)
+    result = predict_files(bundle, args.files, args.out, tree=args.tree,
                            cluster=args.cluster, step_size=args.step_size,
                            overwrite=args.overwrite, progress=not args.quiet, log=log)
     print(f"Scored {result.events:,} events -> {result.parquet}")

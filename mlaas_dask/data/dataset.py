@@ -3,6 +3,11 @@
 Opening a dataset reads only file metadata (trees, branch types, entry counts): partitions
 and their sizes are known before any event is read, and only the branches asked for are
 ever read (column projection).
+
+Files may be local paths or globs, ``root://`` URLs (globs too), ``https://`` / ``davs://``
+URLs, or CMS logical file names (``/store/...``) read through the redirectors of a
+:class:`~mlaas_dask.data.remote.ReadPolicy`, which also says how long to wait, how often to
+retry and whether a file that cannot be read stops the job or is skipped and reported.
 """
 
 from __future__ import annotations
@@ -14,6 +19,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from mlaas_dask.data.remote import (
+    Outcome,
+    ReadFailure,
+    ReadPolicy,
+    display,
+    is_lfn,
+    is_remote,
+    locations,
+    normalise_url,
+    open_root,
+    read_range,
+    with_fallback,
+)
 from mlaas_dask.errors import DataError, did_you_mean
 
 
@@ -29,13 +47,25 @@ class Group:
 
 @dataclass(frozen=True)
 class FileInfo:
-    """What opening a file told us: entries and the type of every branch we need."""
+    """What opening a file told us: entries and the type of every branch we need.
+
+    ``path`` is the file as the job names it (a path, URL or CMS LFN); ``url`` is where it
+    was opened; ``places`` every place it may be read from, in order of preference (the
+    one that worked first); ``identity`` its size and modification time (with a cache).
+    """
 
     path: str
     group: int
     entries: int
     types: dict[str, str]
     jagged: dict[str, bool]
+    url: str = ""
+    places: tuple[str, ...] = ()
+    identity: dict[str, Any] | None = None
+
+    @property
+    def where(self) -> str:
+        return self.url or self.path
 
 
 @dataclass(frozen=True)
@@ -52,11 +82,44 @@ class Partition:
     def entries(self) -> int:
         return self.stop - self.start
 
+    def __repr__(self) -> str:  # task arguments show up in worker logs: no credentials
+        return (f"Partition(group={self.group}, file={self.file}, path={display(self.path)!r}, "
+                f"start={self.start}, stop={self.stop})")
 
-def expand(pattern: str, group: str = "") -> list[str]:
-    """Local globs become sorted file lists; URLs and plain paths are kept as they are."""
+
+@dataclass(frozen=True)
+class PartitionSource:
+    """Everything a worker needs to read partitions of one file (sent with each task)."""
+
+    path: str
+    places: tuple[str, ...]
+    entries: int
+    tree: str
+    branches: tuple[str, ...]
+    policy: ReadPolicy
+    identity: dict[str, Any] | None = None
+    cache: Any = None
+
+    def __repr__(self) -> str:  # task arguments show up in worker logs: no credentials
+        return (f"PartitionSource({display(self.path)!r}, places="
+                f"{[display(p) for p in self.places]!r}, entries={self.entries})")
+
+    def read(self, start: int, stop: int) -> tuple[Any, Outcome]:
+        """Events ``[start, stop)``; raises :class:`ReadFailure` if no place works."""
+        return read_range(self.places, self.tree, self.branches, start, stop, self.entries,
+                          self.policy, f"entries {start}-{stop} of {display(self.path)}")
+
+
+def expand(pattern: str, group: str = "", policy: ReadPolicy | None = None) -> list[str]:
+    """Local and ``root://`` globs become sorted file lists; other URLs, CMS logical file
+    names (with redirectors) and plain paths are kept as they are."""
     where = f" (group {group!r})" if group else ""
     if "://" in pattern and not pattern.startswith("file://"):
+        url = normalise_url(pattern)
+        if url.startswith("root://") and glob.has_magic(url.split("://", 1)[1].split("/", 1)[-1]):
+            return _remote_glob(url, where, policy or ReadPolicy())
+        return [pattern]
+    if is_lfn(pattern) and policy is not None and policy.redirectors:
         return [pattern]
     pattern = pattern.removeprefix("file://")
     if glob.has_magic(pattern):
@@ -69,6 +132,10 @@ def expand(pattern: str, group: str = "") -> list[str]:
         return matches
     path = os.path.expanduser(pattern)
     if not os.path.exists(path):
+        if is_lfn(path):
+            raise DataError(
+                f"{path!r}{where} looks like a CMS logical file name but no redirector is "
+                "set: add dataset.redirectors, e.g. ['root://cms-xrd-global.cern.ch/'].")
         raise DataError(f"File {path!r}{where} does not exist. Check the path in the job file.")
     if os.path.isdir(path):
         raise DataError(
@@ -76,6 +143,46 @@ def expand(pattern: str, group: str = "") -> list[str]:
             f"'{os.path.join(path, '*.root')}'."
         )
     return [path]
+
+
+def _remote_glob(url: str, where: str, policy: ReadPolicy) -> list[str]:
+    import fsspec
+
+    from mlaas_dask.data.remote import open_options
+
+    def action(u: str, fresh: bool) -> list[str]:
+        fs, path = fsspec.core.url_to_fs(u, **open_options(u, policy),
+                                         **({"skip_instance_cache": True} if fresh else {}))
+        return sorted(fs.unstrip_protocol(p) for p in fs.glob(path))
+
+    found, _ = with_fallback([url], action, policy, f"the listing of {display(url)}{where}")
+    if not found:
+        raise DataError(f"No file matches {display(url)!r}{where}. Check the pattern.")
+    return found
+
+
+def read_file_list(path: str | os.PathLike[str]) -> list[str]:
+    """Paths, URLs or LFNs from a text file: one a line; blank lines and ``#`` comments
+    are ignored; relative paths are relative to the list's folder."""
+    base = os.path.dirname(os.path.abspath(path))
+    try:
+        with open(path) as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        raise DataError(f"File list {path} does not exist.") from None
+    except OSError as err:
+        raise DataError(f"Cannot read the file list {path} ({err.strerror}).") from None
+    out = []
+    for line in text.splitlines():
+        entry = line.split("#", 1)[0].strip() if not line.lstrip().startswith("#") else ""
+        if not entry:
+            continue
+        if "://" not in entry and not is_lfn(entry) and not os.path.isabs(entry):
+            entry = os.path.normpath(os.path.join(base, entry))
+        out.append(entry)
+    if not out:
+        raise DataError(f"File list {path} lists no files.")
+    return out
 
 
 class Dataset:
@@ -94,6 +201,11 @@ class Dataset:
         Entries per partition.
     optional_branches
         Branches read when every file has them (e.g. event ids), silently dropped if not.
+    policy
+        Redirectors, timeouts, retries and the bad-file policy (:class:`ReadPolicy`).
+    cache
+        A :class:`~mlaas_dask.data.cache.FeatureCache`: file metadata is taken from it
+        when the file's size and modification time match, and stored in it otherwise.
     """
 
     def __init__(
@@ -103,22 +215,60 @@ class Dataset:
         branches: Sequence[str],
         step_size: int = 500_000,
         optional_branches: Sequence[str] = (),
+        policy: ReadPolicy | None = None,
+        cache: Any = None,
     ) -> None:
         self.groups = list(groups)
         self.tree = tree
         self.step_size = int(step_size)
+        self.policy = policy or ReadPolicy()
+        self.cache = cache
         paths = [(i, p) for i, g in enumerate(self.groups) for f in g.files
-                 for p in expand(f, g.name)]
+                 for p in expand(f, g.name, self.policy)]
+        self.files_listed = len(paths)
         wanted = list(dict.fromkeys([*branches, *optional_branches]))
+
+        def open_one(gp: tuple[int, str]) -> Any:
+            try:
+                return _open(gp[1], gp[0], tree, wanted, self.policy, cache)
+            except ReadFailure as err:
+                if self.policy.on_error == "fail":
+                    raise
+                return err
+
         with ThreadPoolExecutor(max_workers=min(16, max(1, len(paths)))) as pool:
-            opened = list(pool.map(lambda gp: _open(gp[1], gp[0], tree, wanted), paths))
+            results = list(pool.map(open_one, paths))
+        #: files that could not be opened (with on_error: skip): file, group, error, attempts
+        self.unopened: list[dict[str, Any]] = []
+        #: retries and fallbacks that ended well, when opening files
+        self.open_outcomes: dict[str, Outcome] = {}
+        opened = []
+        for (group, path), result in zip(paths, results, strict=True):
+            if isinstance(result, ReadFailure):
+                self.unopened.append({
+                    "file": display(path), "group": self.groups[group].name,
+                    "start": 0, "stop": None, "entries": None,
+                    "error": result.cause, "message": str(result),
+                    "attempts": [a.to_dict() for a in result.outcome.attempts]})
+                continue
+            info, available, outcome = result
+            opened.append((info, available))
+            if outcome is not None and outcome.attempts:
+                self.open_outcomes[info.path] = outcome
+        for group_index, group in enumerate(self.groups):
+            if not any(info.group == group_index for info, _ in opened):
+                lost = [u for u in self.unopened if u["group"] == group.name]
+                raise DataError(
+                    f"Group {group.name!r} lost all its files: none of its {len(lost)} "
+                    f"files could be opened (dataset.on_error: skip). First failure: "
+                    f"{lost[0]['message'] if lost else 'none'}")
         self.files: list[FileInfo] = [info for info, _ in opened]
         present_everywhere = set(wanted).intersection(*(info.types for info in self.files))
         for info, available in opened:
             for branch in branches:
                 if branch not in info.types:
                     raise DataError(
-                        f"Branch {branch!r} is not in tree {tree!r} of {info.path}."
+                        f"Branch {branch!r} is not in tree {tree!r} of {display(info.path)}."
                         + did_you_mean(branch, available, "branches")
                     )
         self.optional_present = [b for b in optional_branches if b in present_everywhere]
@@ -144,6 +294,12 @@ class Dataset:
         return {b: self.files[0].jagged[b] for b in self.branches}
 
     def summary(self) -> dict[str, Any]:
+        def describe(f: FileInfo) -> dict[str, Any]:
+            out: dict[str, Any] = {"path": display(f.path), "entries": f.entries}
+            if f.url and f.url != f.path:
+                out["url"] = display(f.url)
+            return out
+
         return {
             "tree": self.tree,
             "branches": self.branches,
@@ -151,28 +307,55 @@ class Dataset:
             "partitions": len(self.partitions),
             "groups": [
                 {"name": g.name, "label": g.label, "weight": g.weight,
-                 "files": [{"path": f.path, "entries": f.entries}
-                           for f in self.files if f.group == i]}
+                 "files": [describe(f) for f in self.files if f.group == i]}
                 for i, g in enumerate(self.groups)
             ],
+            "reading": {**self.policy.describe(), "credentials": _credential_kinds(),
+                        "cache": self.cache.describe() if self.cache is not None else None},
         }
+
+    def sources(self) -> list[PartitionSource]:
+        """One :class:`PartitionSource` per file (index = :attr:`Partition.file`)."""
+        return [PartitionSource(info.path, info.places or (info.where,), info.entries,
+                                self.tree, tuple(self.branches), self.policy, info.identity,
+                                self.cache)
+                for info in self.files]
+
+    def read(self, file: int, branches: Sequence[str], start: int = 0,
+             stop: int | None = None) -> Any:
+        """Events ``[start, stop)`` of ``branches`` of file number ``file`` as an awkward
+        array, with the dataset's timeouts, retries and fallbacks (on this machine)."""
+        info = self.files[file]
+        stop = info.entries if stop is None else min(stop, info.entries)
+        events, _ = read_range(info.places or (info.where,), self.tree, branches, start,
+                               stop, info.entries, self.policy,
+                               f"entries {start}-{stop} of {display(info.path)}")
+        return events
 
     # -- lazy reading ----------------------------------------------------------------------
 
     def to_dask_awkward(self) -> Any:
         """One dask-awkward array over every partition, in :attr:`partitions` order,
-        reading only :attr:`branches`. Partition sizes are known without reading data."""
+        reading only :attr:`branches`. Partition sizes are known without reading data.
+
+        This is plain ``uproot.dask`` (no retries or fallbacks, no credentials in the
+        graph); training and prediction read through :meth:`sources`, which have them."""
         import uproot
 
         files: dict[str, dict[str, Any]] = {}
-        for info in self.files:
-            steps = [[p.start, p.stop] for p in self.partitions if p.path == info.path]
-            files[info.path] = {"object_path": self.tree, "steps": steps}
+        options: dict[str, Any] = {}
+        for index, info in enumerate(self.files):
+            steps = [[p.start, p.stop] for p in self.partitions if p.file == index]
+            files[info.where] = {"object_path": self.tree, "steps": steps}
+            if info.where.startswith("root://"):
+                # only the timeout: TLS contexts and tokens must not go into a task graph
+                options["timeout"] = max(1, int(round(self.policy.timeout)))
         return uproot.dask(
             files,
             filter_name=self.branches,
             open_files=False,
             allow_read_errors_with_report=False,
+            **options,
         )
 
     def _partition(self) -> list[Partition]:
@@ -196,31 +379,76 @@ class Dataset:
                     )
 
 
-def _open(path: str, group: int, tree: str, branches: Sequence[str]) -> tuple[FileInfo, list[str]]:
-    import uproot
+def _open(path: str, group: int, tree: str, branches: Sequence[str], policy: ReadPolicy,
+          cache: Any = None) -> tuple[FileInfo, list[str], Outcome | None]:
+    """Open one file at the first of its places that works; read its tree's metadata."""
+    places = locations(path, policy)
+    wanted = sorted(branches)
+
+    def action(url: str, fresh: bool) -> tuple[FileInfo, list[str]]:
+        identity = None
+        if cache is not None:
+            from mlaas_dask.data.cache import digest, file_identity
+
+            identity = file_identity(url, policy, name=path if is_lfn(path) else None)
+            key = digest("meta", identity, tree, wanted)
+            known = cache.load_meta(key)
+            if known is not None:
+                return FileInfo(path, group, known["entries"], known["types"],
+                                known["jagged"], url, (), identity), known["available"]
+        info, available = _read_metadata(path, url, group, tree, branches, policy, fresh)
+        if cache is not None:
+            cache.store_meta(key, {"entries": info.entries, "types": info.types,
+                                   "jagged": info.jagged, "available": available})
+        return FileInfo(path, group, info.entries, info.types, info.jagged, url, (),
+                        identity), available
 
     try:
-        handle = uproot.open(path, timeout=30)
-    except FileNotFoundError:
-        raise DataError(f"File {path!r} does not exist. Check the path in the job file.") from None
-    except Exception as err:  # noqa: BLE001 - uproot raises many kinds for bad files
+        (info, available), outcome = with_fallback(places, action, policy, display(path))
+    except ReadFailure as err:
+        if policy.on_error == "fail":
+            raise DataError(f"{err} (dataset.on_error: fail)") from None
+        raise
+    ordered = (info.url, *[p for p in places if p != info.url])
+    info = FileInfo(info.path, info.group, info.entries, info.types, info.jagged, info.url,
+                    ordered, info.identity)
+    if info.entries == 0:
         raise DataError(
-            f"Cannot open {path!r} as a ROOT file ({type(err).__name__}: {_first_line(err)}). "
-            "It may be truncated, corrupt or not a ROOT file; re-copy it or remove it from "
-            "the dataset."
+            f"Tree {tree!r} of {display(path)} has no events. Remove the file from the dataset."
+        )
+    return info, available, outcome
+
+
+def _read_metadata(path: str, url: str, group: int, tree: str, branches: Sequence[str],
+                   policy: ReadPolicy, fresh: bool = False) -> tuple[FileInfo, list[str]]:
+    shown = display(path)
+    try:
+        handle = open_root(url, policy, fresh)
+    except (FileNotFoundError, PermissionError):
+        raise
+    except Exception as err:  # noqa: BLE001 - uproot raises many kinds for bad files
+        from mlaas_dask.data.remote import classify
+
+        transient, _ = classify(err)
+        if transient or is_remote(url):
+            raise
+        raise NotRootFile(
+            f"cannot open it as a ROOT file ({type(err).__name__}: {_first_line(err)}); it "
+            "may be truncated, corrupt or not a ROOT file"
         ) from None
     with handle:
+        _check_size(handle)
         trees = {k.split(";")[0]: v for k, v in handle.classnames().items()
                  if v in ("TTree", "TNtuple", "TNtupleD")}
         if tree not in trees:
             kinds = {k.split(";")[0]: v for k, v in handle.classnames().items()}
             if kinds.get(tree, "").endswith("RNTuple"):
                 raise DataError(
-                    f"{tree!r} in {path} is an RNTuple; mlaas_dask reads TTrees. Convert it, "
+                    f"{tree!r} in {shown} is an RNTuple; mlaas_dask reads TTrees. Convert it, "
                     "or write the file as a TTree."
                 )
             raise DataError(
-                f"Tree {tree!r} is not in {path}."
+                f"Tree {tree!r} is not in {shown}."
                 + (did_you_mean(tree, trees, "trees") if trees else " The file holds no trees.")
                 + " Set dataset.tree in the job file."
             )
@@ -235,15 +463,39 @@ def _open(path: str, group: int, tree: str, branches: Sequence[str]) -> tuple[Fi
                     jagged[branch] = _is_jagged(ttree[branch])
             entries = int(ttree.num_entries)
         except Exception as err:  # noqa: BLE001
-            raise DataError(
-                f"Cannot read tree {tree!r} of {path!r} ({type(err).__name__}: "
-                f"{_first_line(err)}). The file may be truncated or corrupt."
+            from mlaas_dask.data.remote import classify
+
+            if classify(err)[0]:
+                raise
+            raise NotRootFile(
+                f"cannot read tree {tree!r} ({type(err).__name__}: {_first_line(err)}); the "
+                "file may be truncated or corrupt"
             ) from None
-    if entries == 0:
-        raise DataError(
-            f"Tree {tree!r} of {path} has no events. Remove the file from the dataset."
-        )
-    return FileInfo(path, group, entries, types, jagged), available
+    return FileInfo(path, group, entries, types, jagged, url), available
+
+
+def _check_size(handle: Any) -> None:
+    """A file shorter than its header says (a copy cut short) is refused when opened,
+    not halfway through reading it."""
+    file = handle.file
+    try:
+        size, end = int(file.source.num_bytes), int(file.fEND)
+    except Exception:  # noqa: BLE001 - a source that cannot tell its size: skip the check
+        return
+    if size < end:
+        raise NotRootFile(f"the file is truncated: it has {size:,} bytes but its ROOT header "
+                          f"says {end:,}")
+
+
+def _credential_kinds() -> dict[str, bool]:
+    """Which credentials the client has (never their values)."""
+    from mlaas_dask.data.credentials import bearer_token, proxy_path
+
+    return {"x509_proxy": proxy_path() is not None, "bearer_token": bearer_token() is not None}
+
+
+class NotRootFile(ValueError):
+    """A file that opens but is not a (whole) ROOT file: not worth retrying."""
 
 
 def _is_jagged(branch: Any) -> bool:

@@ -13,6 +13,7 @@ import os
 import struct
 from collections import Counter
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -114,7 +115,26 @@ def suggest_features(report: dict[str, Any], tree: str | None = None) -> dict[st
         The block, in :meth:`FeatureSpec.from_dict` form: ``{"flat": [...],
         "collections": {...}}``.
     """
-    return _suggest(pick_tree(report, tree))[0]
+    return suggest(report, tree)[0]
+
+
+def suggest(report: dict[str, Any], tree: str | None = None,
+            keep: Callable[[str], bool] | None = None
+            ) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """:func:`suggest_features` plus, per reason, the branches it leaves out.
+
+    ``keep`` restricts the candidate branches (e.g. to a user's selection); branches it
+    rejects are listed under ``"not selected"``.
+    """
+    info = pick_tree(report, tree)
+    if keep is None:
+        return _suggest(info)
+    kept = [b for b in info["branches"] if keep(b["name"]) or b["is_counter"]]
+    block, skipped = _suggest({**info, "branches": kept})
+    dropped = [b["name"] for b in info["branches"] if b not in kept]
+    if dropped:
+        skipped["not selected"] = dropped
+    return block, skipped
 
 
 def format_report(report: dict[str, Any], tree: str | None = None) -> str:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dask
+
 from mlaas_dask.errors import FeatureError, MlaasError
 
 
@@ -29,6 +31,7 @@ def train(
     overwrite: bool = False,
     progress: bool = True,
     log: Any = print,
+    placement: Any = None,
 ) -> TrainResult:
     """Train the job's classifier on a Dask cluster and write its model bundle.
 
@@ -47,6 +50,9 @@ def train(
         Show progress bars and boosting rounds.
     log
         Where progress lines go (``print`` by default; ``lambda *a: None`` to silence).
+    placement
+        Which workers read and which train, overriding the cluster file's ``placement``:
+        ``{"read": "cpu", "train": "gpu"}`` (rules: auto, any, cpu, gpu, a resource tag).
     """
     from mlaas_dask.bundle import _check_target
     from mlaas_dask.cluster import connect, describe
@@ -55,11 +61,19 @@ def train(
     _check_target(out, overwrite)  # fail before any work, not after
     t0 = time.perf_counter()
     dataset, spec, plan = _prepare(job, log)
-    with connect(cluster if cluster is not None else job.cluster) as client:
+    from mlaas_dask.data.credentials import worker_credentials
+
+    # as_current: xgboost.dask waits on futures through the *default* client; with two
+    # clients in one process (a notebook, the tests) that is another one, and it deadlocks
+    # no low-level fusion: xgboost and dask-ml submit the same arrays several times, and
+    # differently fused graphs under one key make the scheduler warn of deadlocks
+    with connect(cluster if cluster is not None else job.cluster) as client, \
+            client.as_current(), worker_credentials(client), \
+            dask.config.set({"optimization.fuse.active": False}):
         log(f"Dask dashboard: {client.dashboard_link}")
         cluster_info = describe(client)
         return _run(job, client, dataset, spec, plan, out, overwrite, progress, log, t0,
-                    cluster_info)
+                    cluster_info, placement=placement)
 
 
 def _prepare(job: Any, log: Any) -> tuple[Any, Any, Any]:
@@ -73,8 +87,13 @@ def _prepare(job: Any, log: Any) -> tuple[Any, Any, Any]:
     needed = [*spec.branches(), *cut_branches(config.cut)]
     if config.weight_branch:
         needed.append(config.weight_branch)
+    if config.label_branch:
+        needed.append(config.label_branch)
     dataset = Dataset(groups, config.tree, list(dict.fromkeys(needed)), config.step_size,
-                      optional_branches=config.id_branches)
+                      optional_branches=config.id_branches, policy=config.policy,
+                      cache=config.feature_cache)
+    for item in dataset.unopened:
+        log(f"Skipping {item['file']} (dataset.on_error: skip): {item['error']}")
     spec.check_schema(dataset.jagged, where=f"tree {config.tree!r} of {dataset.files[0].path}")
     if config.weight_branch and dataset.jagged[config.weight_branch]:
         raise FeatureError(f"The weight branch {config.weight_branch!r} is a list per event; "
@@ -89,6 +108,7 @@ def _prepare(job: Any, log: Any) -> tuple[Any, Any, Any]:
         spec=spec, cut=config.cut, weight_branch=config.weight_branch, id_branches=ids,
         fractions=(job.split.train, job.split.validation), seed=job.split.seed,
         group_weights=tuple(g.weight for g in groups), labels=tuple(g.label for g in groups),
+        n_classes=len(config.classes), label_branch=config.label_branch,
     )
     log(f"Dataset: {len(dataset.files)} files, {dataset.entries:,} events, "
         f"{len(dataset.partitions)} partitions; reading {len(dataset.branches)} branches; "
@@ -98,8 +118,11 @@ def _prepare(job: Any, log: Any) -> tuple[Any, Any, Any]:
 
 def _run(job: Any, client: Any, dataset: Any, spec: Any, plan: Any, out: Path,
          overwrite: bool, progress: bool, log: Any, t0: float,
-         cluster_info: dict[str, Any]) -> TrainResult:
+         cluster_info: dict[str, Any], placement: Any = None) -> TrainResult:
+    from distributed import futures_of, wait
+
     from mlaas_dask.bundle import write_bundle
+    from mlaas_dask.cluster.placement import StagePlan, holders
     from mlaas_dask.train import metrics as metrics_module
     from mlaas_dask.train.matrix import build_matrices
     from mlaas_dask.train.xgb import (
@@ -114,10 +137,20 @@ def _run(job: Any, client: Any, dataset: Any, spec: Any, plan: Any, out: Path,
     timings: dict[str, float] = {}
     start = time.perf_counter()
     log("Reading events and computing features:")
-    matrices = build_matrices(client, dataset, plan, progress=progress)
+    stages = StagePlan.for_client(client, placement)
+    matrices = build_matrices(client, dataset, plan, progress=progress,
+                              workers=stages.read_workers)
+    stages.ran("read_features", holders(client, matrices.futures))
+    from mlaas_dask.train.matrix import format_report
+
+    for line in format_report(matrices.stats["read_report"]):
+        log(line)
     # keep the partition results in memory before xgboost asks for them
     timings["read_features"] = time.perf_counter() - start
     stats = matrices.stats
+    if job.model.kind == "sklearn":
+        return _run_sklearn(job, client, dataset, plan, matrices, out, overwrite, log, t0,
+                            timings, cluster_info)
     w_train = matrices.w["train"]
     if job.model.balance_classes:
         w_train = balanced_weights(matrices.y["train"], w_train,
@@ -127,17 +160,24 @@ def _run(job: Any, client: Any, dataset: Any, spec: Any, plan: Any, out: Path,
     log(f"Training XGBoost on {stats['events_per_class']['train']} events per class "
         f"(device={device}, up to {job.model.num_boost_round} rounds):")
     start = time.perf_counter()
+    X, y, w = stages.move_for_training(device, matrices.X, matrices.y,
+                                       {**matrices.w, "train": w_train}, log)
     booster, history = train_booster(
-        client, matrices.X, matrices.y, {**matrices.w, "train": w_train}, params,
+        client, X, y, w, params,
         job.model.num_boost_round, job.model.early_stopping_rounds,
         progress=log if progress else None,
     )
     timings["train"] = time.perf_counter() - start
+    stages.ran("train", history.get("workers", []))
+    del X, y, w
     start = time.perf_counter()
+    test_scores = client.persist(predict(client, booster, matrices.X["test"]))
+    wait(futures_of(test_scores))
+    stages.ran("predict", holders(client, futures_of(test_scores)))
     scores, y_test, w_test = client.compute(
-        [predict(client, booster, matrices.X["test"]), matrices.y["test"],
-         matrices.w["test"]], sync=True)
-    del matrices
+        [test_scores, matrices.y["test"], matrices.w["test"]], sync=True)
+    timings["predict"] = time.perf_counter() - start
+    del matrices, test_scores
     test = metrics_module.evaluate(y_test, scores, w_test, classes)
     plots = {
         "roc.png": metrics_module.roc_png(y_test, scores, classes, test.get("auc")),
@@ -159,10 +199,29 @@ def _run(job: Any, client: Any, dataset: Any, spec: Any, plan: Any, out: Path,
         "history": history["history"],
     }
     metadata = _metadata(job, dataset, plan, stats, classes, params, cluster_info, device)
+    metadata["placement"] = stages.record()
     bundle = write_bundle(out, model=bytes(booster.save_raw("ubj")), spec=spec,
                           metadata=metadata, metrics=metrics, extra_files=plots,
                           overwrite=overwrite)
     return TrainResult(bundle, metrics, metadata)
+
+
+def _run_sklearn(job: Any, client: Any, dataset: Any, plan: Any, matrices: Any, out: Path,
+                 overwrite: bool, log: Any, t0: float, timings: dict[str, float],
+                 cluster_info: dict[str, Any]) -> TrainResult:
+    from mlaas_dask.train.finish import evaluate_and_write
+    from mlaas_dask.train.sklearn import fit_sklearn
+
+    classes = job.dataset.classes
+    log(f"Training {job.model.estimator_class or job.model.file} on "
+        f"{matrices.stats['events_per_class']['train']} events per class:")
+    start = time.perf_counter()
+    fitted = fit_sklearn(client, job, matrices, classes, log)
+    timings["train"] = time.perf_counter() - start
+    metadata = _metadata(job, dataset, plan, matrices.stats, classes, {}, cluster_info, "cpu")
+    bundle, metrics = evaluate_and_write(client, fitted, matrices, classes, timings, t0, out,
+                                         overwrite, plan.spec, metadata)
+    return TrainResult(bundle, metrics, {**metadata, "model": fitted.model_metadata})
 
 
 def _metadata(job: Any, dataset: Any, plan: Any, stats: dict[str, Any], classes: list[str],
@@ -190,6 +249,7 @@ def _metadata(job: Any, dataset: Any, plan: Any, stats: dict[str, Any], classes:
             "events_selected": stats["events_selected"],
             "events_per_class": stats["events_per_class"],
             "nonfinite_inputs": stats["nonfinite_inputs"],
+            "read_report": stats.get("read_report"),
         },
         "split": {"train": job.split.train, "validation": job.split.validation,
                   "test": job.split.test, "seed": job.split.seed,

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from mlaas_dask.data.dataset import Dataset, Partition
+from mlaas_dask.data.dataset import Dataset, Partition, PartitionSource
+from mlaas_dask.data.remote import ReadFailure, display
 from mlaas_dask.errors import DataError, FeatureError
 from mlaas_dask.features import Expression, FeatureSpec
 from mlaas_dask.train.split import SPLIT_NAMES, assign_split, file_key
@@ -30,6 +31,8 @@ class PartitionPlan:
     seed: int
     group_weights: tuple[float, ...]
     labels: tuple[int, ...]
+    n_classes: int = 2
+    label_branch: str | None = None
 
 
 @dataclass
@@ -52,7 +55,7 @@ def process_partition(events: Any, partition: Partition, plan: PartitionPlan) ->
         events = events[mask]
     selected = len(events)
     X, nonfinite = plan.spec.transform_with_stats(events)
-    y = np.full(selected, plan.labels[partition.group], dtype=np.int32)
+    y = _labels(events, partition, plan)
     w = np.full(selected, plan.group_weights[partition.group], dtype=np.float32)
     if plan.weight_branch:
         branch = np.asarray(events[plan.weight_branch], dtype=np.float32)
@@ -76,8 +79,94 @@ def process_partition(events: Any, partition: Partition, plan: PartitionPlan) ->
     for index, name in enumerate(SPLIT_NAMES):
         rows = split == index
         out[name] = (X[rows], y[rows], w[rows])
-        out["stats"][name] = int(rows.sum())
-        out["stats"][f"{name}_weight"] = float(w[rows].sum(dtype=np.float64))
+        out["stats"][name] = np.bincount(y[rows], minlength=plan.n_classes).tolist()
+        out["stats"][f"{name}_weight"] = np.bincount(
+            y[rows], weights=w[rows], minlength=plan.n_classes).tolist()
+    return out
+
+
+def _labels(events: Any, partition: Partition, plan: PartitionPlan) -> np.ndarray:
+    if not plan.label_branch:
+        return np.full(len(events), plan.labels[partition.group], dtype=np.int32)
+    values = np.asarray(events[plan.label_branch])
+    labels = values.astype(np.int32)
+    bad = (labels != values) | (labels < 0) | (labels >= plan.n_classes)
+    if bad.any():
+        raise DataError(
+            f"Label branch {plan.label_branch!r} in {partition.path} holds the value "
+            f"{values[bad][0].item()!r}; class indices 0 to {plan.n_classes - 1} are expected "
+            f"(one per name in dataset.classes)."
+        )
+    return labels
+
+
+def read_and_process(partition: Partition, source: PartitionSource,
+                     plan: PartitionPlan) -> dict[str, Any]:
+    """Read one partition (timeouts, retries, fallbacks; the feature cache first when
+    there is one) and :func:`process_partition` it (runs on a worker).
+
+    With ``on_error: skip`` a partition that cannot be read gives no rows and says why
+    in its stats; with ``fail`` the :class:`ReadFailure` ends the job."""
+    key = None
+    cache = source.cache
+    if cache is not None and source.identity is not None:
+        from mlaas_dask.data.cache import digest
+
+        key = digest("part", source.identity, source.tree, partition.start, partition.stop,
+                     plan_fingerprint(plan, partition.group))
+        cached = cache.load_partition(key, SPLIT_NAMES)
+        if cached is not None:
+            cached["stats"]["cache"] = "hit"
+            cached["stats"]["group"] = partition.group
+            return cached
+    try:
+        events, outcome = source.read(partition.start, partition.stop)
+    except ReadFailure as err:
+        if source.policy.on_error == "fail":
+            raise
+        return _failed(partition, err, plan)
+    result = process_partition(events, partition, plan)
+    if key is not None:
+        cache.store_partition(key, result, SPLIT_NAMES)
+        result["stats"]["cache"] = "miss"
+    if outcome.attempts:
+        result["stats"]["recovered"] = {
+            "url": display(outcome.url or ""), "tries": outcome.tries,
+            "fallbacks": outcome.fallbacks,
+            "attempts": [a.to_dict() for a in outcome.attempts]}
+    return result
+
+
+def _failed(partition: Partition, err: ReadFailure, plan: PartitionPlan) -> dict[str, Any]:
+    empty = (np.zeros((0, plan.spec.n_features), np.float32), np.zeros(0, np.int32),
+             np.zeros(0, np.float32))
+    stats: dict[str, Any] = {"read": 0, "selected": 0, "nonfinite": {},
+                             "group": partition.group,
+                             "failed": {"error": err.cause, "message": str(err),
+                                        "attempts": [a.to_dict()
+                                                     for a in err.outcome.attempts]}}
+    out: dict[str, Any] = {"stats": stats}
+    for name in SPLIT_NAMES:
+        out[name] = empty
+        stats[name] = [0] * plan.n_classes  # events per class, as process_partition gives
+        stats[f"{name}_weight"] = [0.0] * plan.n_classes
+    return out
+
+
+def plan_fingerprint(plan: PartitionPlan, group: int) -> dict[str, Any]:
+    """Everything that shapes one group's partition results (for the cache key)."""
+    import dataclasses
+
+    from mlaas_dask import __version__
+
+    out: dict[str, Any] = {"version": __version__}
+    for item in dataclasses.fields(plan):
+        value = getattr(plan, item.name)
+        if item.name == "spec":
+            value = value.to_dict()
+        elif item.name in ("labels", "group_weights"):
+            value = value[group]
+        out[item.name] = value
     return out
 
 
@@ -111,52 +200,63 @@ def sample_multiplicities(dataset: Dataset, spec: FeatureSpec, sample: int = 100
     """Objects per event of every ``n: auto`` collection, from the first events of the
     first file of each group (a sample, not a full pass)."""
     import awkward as ak
-    import uproot
 
     wanted = {name: c.branches()[0] for name, c in spec.collections.items() if c.n is None}
     if not wanted:
         return {}
     counts: dict[str, list[np.ndarray]] = {name: [] for name in wanted}
     firsts = {}
-    for info in dataset.files:
-        firsts.setdefault(info.group, info)
+    for index, info in enumerate(dataset.files):
+        firsts.setdefault(info.group, index)
     per_group = max(1, sample // max(1, len(firsts)))
-    for info in firsts.values():
-        with uproot.open(info.path) as handle:
-            tree = handle[dataset.tree]
-            arrays = tree.arrays(list(wanted.values()), entry_stop=per_group)
+    for index in firsts.values():
+        arrays = dataset.read(index, list(wanted.values()), 0, per_group)
         for name, branch in wanted.items():
             counts[name].append(np.asarray(ak.num(arrays[branch])))
     return {name: np.concatenate(values) for name, values in counts.items()}
 
 
 def build_matrices(
-    client: Any, dataset: Dataset, plan: PartitionPlan, progress: bool = True
+    client: Any, dataset: Dataset, plan: PartitionPlan, progress: bool = True,
+    workers: list[str] | None = None,
 ) -> Matrices:
     """Read and transform every partition on the cluster; keep the results on the workers.
 
     Returns dask arrays per split with known chunk sizes, plus totals for metadata.
+    ``workers``, when given, are the only workers allowed to read (heterogeneous
+    placement: e.g. the CPU workers, leaving the GPU workers to training).
     """
     import dask.array as da
     from dask import delayed
     from distributed import progress as progress_bar
 
-    events = dataset.to_dask_awkward()
-    parts = events.to_delayed(optimize_graph=True)
-    task = delayed(process_partition, pure=True)
-    tasks = [task(part, p, plan) for part, p in zip(parts, dataset.partitions, strict=True)]
-    futures = client.compute(tasks)
+    sources = dataset.sources()
+    task = delayed(read_and_process, pure=True)
+    tasks = [task(p, sources[p.file], plan) for p in dataset.partitions]
+    restrict = {"workers": workers, "allow_other_workers": False} if workers else {}
+    futures = client.compute(tasks, **restrict)
     if progress:
         progress_bar(futures)
         print()
-    stats = client.gather(client.map(_get_stats, futures, pure=False))
+    try:
+        stats = client.gather(client.map(_get_stats, futures, pure=False))
+    except BaseException:
+        client.cancel(futures)
+        raise
+    try:
+        report = read_report(stats, dataset)
+    except DataError:
+        client.cancel(futures)
+        raise
     matrices = Matrices({}, {}, {}, _summarise(stats, dataset, plan), futures)
+    matrices.stats["read_report"] = report
     n_features = plan.spec.n_features
-    getter = delayed(_get_split, pure=True)
+    # impure: a second build on the same client (tune, then train) gets its own keys
+    getter = delayed(_get_split, pure=False)
     for name in SPLIT_NAMES:
         blocks_x, blocks_y, blocks_w = [], [], []
         for future, stat in zip(futures, stats, strict=True):
-            rows = stat[name]
+            rows = sum(stat[name])
             if rows == 0:
                 continue
             part = getter(future, name)
@@ -182,21 +282,121 @@ def _get_split(result: dict[str, Any], name: str) -> tuple[np.ndarray, np.ndarra
     return result[name]
 
 
+def read_report(stats: list[dict[str, Any]], dataset: Dataset) -> dict[str, Any]:
+    """Exactly what was read: events planned (in the files that opened), read and skipped
+    (per partition: file, entry range, error, attempts), files that did not open,
+    partitions that needed retries or another place, cache hits.
+
+    Raises :class:`DataError` when, with ``on_error: skip``, the events read fall under
+    ``min_fraction`` of the dataset or a group lost all its events.
+    """
+    policy = dataset.policy
+    skipped, recovered = [], []
+    planned = read = failed_events = hits = 0
+    read_per_group = [0] * len(dataset.groups)
+    for partition, stat in zip(dataset.partitions, stats, strict=True):
+        planned += partition.entries
+        where = {"file": display(partition.path), "group": dataset.groups[partition.group].name,
+                 "start": partition.start, "stop": partition.stop,
+                 "entries": partition.entries}
+        if "failed" in stat:
+            failed_events += partition.entries
+            skipped.append({**where, **stat["failed"]})
+            continue
+        if stat["read"] != partition.entries:
+            raise DataError(  # never silently lose events
+                f"Read {stat['read']} events instead of {partition.entries} from entries "
+                f"{partition.start}-{partition.stop} of {display(partition.path)}.")
+        read += stat["read"]
+        read_per_group[partition.group] += stat["read"]
+        hits += stat.get("cache") == "hit"
+        if "recovered" in stat:
+            recovered.append({**where, **stat["recovered"]})
+    for path, outcome in dataset.open_outcomes.items():
+        recovered.append({"file": display(path), "start": None, "stop": None,
+                          "when": "opening", "url": display(outcome.url or ""),
+                          "tries": outcome.tries, "fallbacks": outcome.fallbacks,
+                          "attempts": [a.to_dict() for a in outcome.attempts]})
+    if read + failed_events != planned:  # the accounting invariant
+        raise DataError(f"Event accounting does not add up: read {read} + skipped "
+                        f"{failed_events} != planned {planned}.")
+    files_listed = dataset.files_listed
+    files_opened = files_listed - len(dataset.unopened)
+    # files that did not open have unknown sizes: they count as average-sized ones
+    fraction = (read / planned if planned else 0.0) * (files_opened / max(1, files_listed))
+    report: dict[str, Any] = {
+        "on_error": policy.on_error,
+        "min_fraction": policy.min_fraction,
+        "files_listed": files_listed,
+        "files_opened": files_opened,
+        "files_unopened": dataset.unopened,
+        "events_planned": planned,
+        "events_read": read,
+        "events_skipped": failed_events,
+        "fraction_read": round(fraction, 6),
+        "partitions": len(dataset.partitions),
+        "partitions_skipped": skipped,
+        "recovered": recovered,
+        "cache_hits": hits,
+    }
+    for index, group in enumerate(dataset.groups):
+        if read_per_group[index] == 0:
+            first = skipped[0]["message"] if skipped else "none"
+            raise DataError(
+                f"Group {group.name!r} lost all its events: every partition of it failed "
+                f"to read (dataset.on_error: skip). First failure: {first}")
+    if (skipped or dataset.unopened) and fraction < policy.min_fraction:
+        raise DataError(
+            f"Only {fraction:.1%} of the dataset could be read ({read:,} of {planned:,} "
+            f"events in the {files_opened} of {files_listed} files that opened; "
+            f"{len(dataset.unopened)} files did not open, {len(skipped)} partitions "
+            f"failed), under dataset.min_fraction = {policy.min_fraction:g}. First "
+            f"failures: " + " | ".join(s["message"] for s in (dataset.unopened + skipped)[:3]))
+    return report
+
+
+def format_report(report: dict[str, Any]) -> list[str]:
+    """Terminal lines for a read report (none when every read went well first time)."""
+    lines = []
+    lost = report["files_unopened"] + report["partitions_skipped"]
+    if lost:
+        lines.append(
+            f"Skipped {len(report['files_unopened'])} files that did not open and "
+            f"{len(report['partitions_skipped'])} partitions ({report['events_skipped']:,} "
+            f"events) that could not be read; read {report['events_read']:,} of "
+            f"{report['events_planned']:,} events ({report['fraction_read']:.1%} of the "
+            "dataset):")
+        for item in lost:
+            span = (f"entries {item['start']}-{item['stop']}" if item.get("stop") is not None
+                    else "whole file")
+            lines.append(f"  {item['file']} ({span}, {len(item['attempts'])} attempts): "
+                         f"{item['error']}")
+    if report["recovered"]:
+        retried = sum(1 for r in report["recovered"] if r["tries"] > 1)
+        moved = sum(1 for r in report["recovered"] if r["fallbacks"])
+        lines.append(f"Recovered {len(report['recovered'])} reads after errors "
+                     f"({retried} retried, {moved} read from another place).")
+    if report["cache_hits"]:
+        lines.append(f"Feature cache: {report['cache_hits']} of {report['partitions']} "
+                     "partitions came from the cache.")
+    return lines
+
+
 def _summarise(stats: list[dict[str, Any]], dataset: Dataset, plan: PartitionPlan) -> dict[str, Any]:
-    n_classes = max(plan.labels) + 1
+    n_classes = plan.n_classes
     per_class = {name: [0] * n_classes for name in SPLIT_NAMES}
     weight_per_class = {name: [0.0] * n_classes for name in SPLIT_NAMES}
     nonfinite: dict[str, int] = {}
     read = selected = 0
     selected_per_group = [0] * len(dataset.groups)
     for stat in stats:
-        label = plan.labels[stat["group"]]
         read += stat["read"]
         selected += stat["selected"]
         selected_per_group[stat["group"]] += stat["selected"]
         for name in SPLIT_NAMES:
-            per_class[name][label] += stat[name]
-            weight_per_class[name][label] += stat[f"{name}_weight"]
+            for label in range(n_classes):
+                per_class[name][label] += stat[name][label]
+                weight_per_class[name][label] += stat[f"{name}_weight"][label]
         for branch, count in stat["nonfinite"].items():
             nonfinite[branch] = nonfinite.get(branch, 0) + count
     if selected == 0:

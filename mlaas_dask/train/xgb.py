@@ -80,6 +80,25 @@ class ProgressCallback(xgboost.callback.TrainingCallback):
         return False
 
 
+WORKERS_TOPIC = "mlaas-train-workers"
+
+
+class WhereCallback(xgboost.callback.TrainingCallback):
+    """Tells the client which Dask workers train (one event per worker, before the first
+    round): the bundle's metadata records where training ran, not where it was meant to."""
+
+    def __init__(self, run: str) -> None:
+        super().__init__()
+        self.run = run
+
+    def before_training(self, model: Any) -> Any:
+        from distributed import get_worker
+
+        worker = get_worker()
+        worker.log_event(WORKERS_TOPIC, {"run": self.run, "address": worker.address})
+        return model
+
+
 def train_booster(
     client: Any,
     X: dict[str, Any],
@@ -105,7 +124,10 @@ def train_booster(
                                                   weight=w["validation"], ref=dtrain,
                                                   max_bin=params.get("max_bin", 256))
         evals.append((dvalid, "validation"))
-    callbacks = []
+    import uuid
+
+    run = uuid.uuid4().hex
+    callbacks: list[Any] = [WhereCallback(run)]
     if progress is not None:
         callbacks.append(ProgressCallback(num_boost_round))
         client.subscribe_topic(PROGRESS_TOPIC, lambda event: progress(event[1]))
@@ -129,8 +151,10 @@ def train_booster(
     best = getattr(booster, "best_iteration", None)
     if best is not None and early_stopping_rounds and best + 1 < booster.num_boosted_rounds():
         booster = booster[: best + 1]
+    workers = sorted({msg["address"] for _, msg in client.get_events(WORKERS_TOPIC)
+                      if isinstance(msg, dict) and msg.get("run") == run})
     return booster, {"history": history, "best_iteration": best,
-                     "rounds": booster.num_boosted_rounds()}
+                     "rounds": booster.num_boosted_rounds(), "workers": workers}
 
 
 def predict(client: Any, booster: Any, X: Any) -> Any:

@@ -1,0 +1,559 @@
+"""Prediction service benchmark: ``mlaas serve`` against Seldon MLServer 1.7, same run.
+
+What it does, all on 127.0.0.1:
+
+1. trains an XGBoost model on the shared CMS Open Data (WW against ZZ, the FeatureSpec of
+   the serving tests; the project's default model size: depth 6, 300 rounds) and writes
+   a bundle into a model repository;
+2. measures the in-process ceiling: ``ModelBundle.predict_matrix`` (XGBoost
+   ``inplace_predict``) on 1000-row matrices, one thread and one thread per core, with the
+   real missing values (NaN: padded jets and muons) and with them set to 0 (what JSON
+   requests carry; XGBoost predicts faster without missing values);
+3. starts ``mlaas serve`` and MLServer (``mlserver`` + ``mlserver-xgboost`` 1.7 in their own
+   virtual environment, created here when missing) serving the same ``model.ubj``; MLServer
+   runs in several configurations (``parallel_workers`` 1, its default, and 0; with
+   ``OMP_NUM_THREADS=1``, which avoids XGBoost's OpenMP threads spinning against each other
+   on a small machine, and unset) and its best one is the baseline;
+4. drives each from a separate load-generator process (this script's ``loadgen`` mode: a
+   minimal keep-alive HTTP/1.1 client on asyncio, closed loop, bounded by time and count)
+   with identical request bytes where the protocol is shared:
+   (a) one event per request at concurrency 64, (b) 1000 events per request at
+   concurrency 4; plus, for mlaas only, binary tensors and the event endpoint (raw jagged
+   events, FeatureSpec on the server). All servers run at once and the scenarios alternate
+   between them, ``--repeats`` times (medians), so background load hits them alike;
+5. prints one JSON line with every figure, the targets and whether they are met.
+
+JSON cannot carry NaN, so OIP JSON requests send missing features as 0 (same bytes to both
+servers) and are compared with the ceiling on zeros; binary tensors and events carry the
+real missing values and are compared with the ceiling on NaN.
+
+Usage::
+
+    python benchmarks/bench_serve.py [--duration 6] [--repeats 2] [--skip-mlserver]
+                                     [--out result.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+DATA = REPO.parent / "shared" / "data" / "cms-hep-tutorial-2012"
+MLSERVER_VENV = Path(os.environ.get("MLSERVER_VENV", "/work/mlserver-venv"))
+# uvloop 0.22+ breaks MLServer 1.7's parallel inference workers ("There is no current event
+# loop in thread 'MainThread'"), so the last release before it is pinned beside MLServer.
+MLSERVER_PINS = ["mlserver==1.7.1", "mlserver-xgboost==1.7.1", "uvloop==0.21.0"]
+MAX_REQUESTS = 2_000_000  # hard bound per scenario, on top of the time bound
+
+
+# -- load generator (runs in its own process) ---------------------------------------------
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection sending requests back to back (closed loop)."""
+
+    def __init__(self, run: _Run) -> None:
+        self.run = run
+        self.buffer = bytearray()
+        self.need: int | None = None
+        self.status = 0
+        self.started = 0.0
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        self._send()
+
+    def _send(self) -> None:
+        run = self.run
+        if time.perf_counter() >= run.stop_at or run.sent >= MAX_REQUESTS:
+            assert self.transport is not None
+            self.transport.close()
+            return
+        request = run.requests[run.sent % len(run.requests)]
+        run.sent += 1
+        self.started = time.perf_counter()
+        assert self.transport is not None
+        self.transport.write(request)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            if self.need is None:
+                end = self.buffer.find(b"\r\n\r\n")
+                if end < 0:
+                    return
+                head = bytes(self.buffer[:end]).lower()
+                self.status = int(head[9:12])
+                length = head.split(b"\r\ncontent-length:", 1)
+                if len(length) != 2:
+                    raise RuntimeError("response without Content-Length")
+                self.need = end + 4 + int(length[1].split(b"\r\n", 1)[0])
+            if len(self.buffer) < self.need:
+                return
+            del self.buffer[: self.need]
+            self.need = None
+            self.run.record(self.started, self.status)
+            self._send()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.run.open -= 1
+        if self.run.open == 0:
+            self.run.done.set()
+
+
+class _Run:
+    def __init__(self, requests: list[bytes], warmup: float, duration: float) -> None:
+        self.requests = requests
+        self.sent = 0
+        now = time.perf_counter()
+        self.measure_from = now + warmup
+        self.stop_at = self.measure_from + duration
+        self.latencies: list[float] = []
+        self.errors = 0
+        self.open = 0
+        self.done = asyncio.Event()
+
+    def record(self, started: float, status: int) -> None:
+        if started < self.measure_from:
+            return
+        self.latencies.append(time.perf_counter() - started)
+        if status != 200:
+            self.errors += 1
+
+
+async def _drive(config: dict[str, Any], requests: list[bytes]) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    run = _Run(requests, config["warmup"], config["duration"])
+    for _ in range(config["concurrency"]):
+        await loop.create_connection(lambda: _Connection(run), "127.0.0.1", config["port"])
+        run.open += 1
+    await asyncio.wait_for(run.done.wait(), config["warmup"] + config["duration"] + 60)
+    latencies = np.array(run.latencies)
+    seconds = config["duration"]
+    return {
+        "requests": int(latencies.size),
+        "errors": run.errors,
+        "rps": round(latencies.size / seconds, 1),
+        "rows_per_s": round(latencies.size * config["rows"] / seconds, 1),
+        "p50_ms": round(float(np.percentile(latencies, 50)) * 1e3, 3) if latencies.size else None,
+        "p99_ms": round(float(np.percentile(latencies, 99)) * 1e3, 3) if latencies.size else None,
+    }
+
+
+def loadgen_main(spec_path: str) -> None:
+    """Entry of the load-generator process: run one scenario, print its JSON figures."""
+    config = json.loads(Path(spec_path).read_text())
+    requests = [Path(p).read_bytes() for p in config["files"]]
+    try:
+        import uvloop  # type: ignore[import-not-found]
+
+        uvloop.install()
+    except ImportError:
+        pass
+    print(json.dumps(asyncio.run(_drive(config, requests))))
+
+
+def http_request(port: int, path: str, body: bytes, headers: dict[str, str]) -> bytes:
+    head = [f"POST {path} HTTP/1.1", f"Host: 127.0.0.1:{port}",
+            f"Content-Length: {len(body)}"]
+    head += [f"{k}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+# -- model, ceiling -----------------------------------------------------------------------
+
+
+def train(out: Path, rounds: int, depth: int) -> tuple[Any, np.ndarray, Any]:
+    """Train and write a bundle; returns (events, matrix, booster)."""
+    import awkward as ak
+    import uproot
+    import xgboost
+
+    sys.path.insert(0, str(REPO / "tests" / "serve"))
+    from conftest import make_spec  # the serving tests' FeatureSpec
+
+    from mlaas_dask.bundle import write_bundle
+
+    spec = make_spec()
+    parts = []
+    for name in ("ww", "zz"):
+        with uproot.open(DATA / f"{name}.root") as handle:
+            parts.append(handle["events"].arrays(spec.branches()))
+    events = ak.concatenate(parts)
+    matrix = spec.transform(events)
+    labels = np.concatenate([np.full(len(p), i) for i, p in enumerate(parts)])
+    params = {"objective": "binary:logistic", "max_depth": depth, "eta": 0.1, "nthread": 2,
+              "seed": 1}
+    booster = xgboost.train(params, xgboost.DMatrix(matrix, labels, missing=np.nan), rounds)
+    write_bundle(out, model=bytes(booster.save_raw("ubj")), spec=spec,
+                 metadata={"classes": ["background", "signal"]},
+                 metrics={"rounds": rounds, "max_depth": depth})
+    return events, matrix, booster
+
+
+def ceiling(bundle_path: Path, matrix: np.ndarray, seconds: float = 3.0) -> dict[str, Any]:
+    """In-process rows/s of the bundle's predict_matrix on 1000-row matrices, one thread and
+    one per core: with the real missing values (NaN), and with them set to 0 as the JSON
+    requests carry them (XGBoost is faster without missing values)."""
+    from mlaas_dask.bundle import ModelBundle
+
+    bundle = ModelBundle.load(bundle_path)
+    result: dict[str, Any] = {}
+    for label, data in (("nan", matrix), ("zeros", np.nan_to_num(matrix))):
+        rows = _tile(data, 1000)
+        bundle.predict_matrix(rows)
+        figures = {}
+        for threads in (1, os.cpu_count() or 1):
+            figures[f"rows_per_s_{threads}_thread"] = _rows_per_s(bundle, rows, threads,
+                                                                  seconds)
+        figures["rows_per_s"] = max(figures.values())
+        result[label] = figures
+    return result
+
+
+def _rows_per_s(bundle: Any, rows: np.ndarray, threads: int, seconds: float) -> float:
+    counters = [[0] for _ in range(threads)]
+    stop_at = time.perf_counter() + seconds
+
+    def worker(counter: list[int]) -> None:
+        while time.perf_counter() < stop_at:
+            bundle.predict_matrix(rows)
+            counter[0] += 1
+
+    pool = [threading.Thread(target=worker, args=(c,)) for c in counters]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    return round(sum(c[0] for c in counters) * len(rows) / seconds, 1)
+
+
+def _tile(matrix: np.ndarray, n: int) -> np.ndarray:
+    return np.ascontiguousarray(np.resize(matrix, (n, matrix.shape[1])))
+
+
+# -- servers ------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_ready(port: int, process: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).is_success:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("server did not become ready")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def start_mlaas(repo: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "mlaas_dask", "serve", "--models", str(repo), "--port",
+         str(port), "--log-level", "warning"],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=REPO,
+    )
+
+
+def ensure_mlserver() -> Path:
+    """The ``mlserver`` executable, installing MLServer into its own venv when missing."""
+    exe = MLSERVER_VENV / "bin" / "mlserver"
+    marker = MLSERVER_VENV / ".bench-serve-pins"
+    pins = " ".join(MLSERVER_PINS)
+    if not exe.exists():
+        print(f"creating {MLSERVER_VENV}", file=sys.stderr)
+        base = getattr(sys, "_base_executable", sys.executable)
+        subprocess.run([base, "-m", "venv", "--clear", str(MLSERVER_VENV)], check=True)
+    if not marker.exists() or marker.read_text() != pins:
+        print(f"installing {pins} into {MLSERVER_VENV}", file=sys.stderr)
+        subprocess.run([str(MLSERVER_VENV / "bin" / "pip"), "install", "-q", *MLSERVER_PINS],
+                       check=True)
+        marker.write_text(pins)
+    return exe
+
+
+def start_mlserver(bundle: Path, root: Path, port: int, workers: int, log: Path,
+                   omp_threads: str | None = None) -> subprocess.Popen[bytes]:
+    exe = ensure_mlserver()
+    model_dir = root / "hep"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(bundle / "model.ubj", model_dir / "model.ubj")
+    (model_dir / "model-settings.json").write_text(json.dumps({
+        "name": "hep", "implementation": "mlserver_xgboost.XGBoostModel",
+        "parameters": {"uri": "./model.ubj", "version": "1"},
+    }))
+    (root / "settings.json").write_text(json.dumps({
+        "debug": False, "host": "127.0.0.1", "http_port": port, "grpc_port": free_port(),
+        "metrics_port": free_port(), "parallel_workers": workers,
+    }))
+    env = dict(os.environ)
+    if omp_threads is not None:
+        env["OMP_NUM_THREADS"] = omp_threads
+    return subprocess.Popen([str(exe), "start", str(root)], stdout=log.open("wb"),
+                            stderr=subprocess.STDOUT, cwd=root, env=env)
+
+
+# -- scenarios ----------------------------------------------------------------------------
+
+
+def oip_json(matrix: np.ndarray) -> bytes:
+    import orjson
+
+    return orjson.dumps({"inputs": [{
+        "name": "features", "shape": list(matrix.shape), "datatype": "FP32",
+        "data": np.nan_to_num(matrix).ravel(),
+    }]}, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def oip_binary(matrix: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    from mlaas_dask.serve.protocol import encode_infer_request
+
+    return encode_infer_request(matrix, binary=True)
+
+
+def events_json(events: Any) -> bytes:
+    import awkward as ak
+    import orjson
+
+    return orjson.dumps({"events": ak.to_list(events)})
+
+
+def run_scenario(workdir: Path, name: str, port: int, path: str,
+                 bodies: list[tuple[bytes, dict[str, str]]], rows: int, concurrency: int,
+                 args: argparse.Namespace) -> dict[str, Any]:
+    folder = workdir / name
+    folder.mkdir()
+    files = []
+    for i, (body, headers) in enumerate(bodies):
+        file = folder / f"{i}.http"
+        file.write_bytes(http_request(port, path, body, headers))
+        files.append(str(file))
+    spec = {"files": files, "port": port, "concurrency": concurrency, "rows": rows,
+            "warmup": args.warmup, "duration": args.duration}
+    (folder / "spec.json").write_text(json.dumps(spec))
+    done = subprocess.run([sys.executable, __file__, "loadgen", str(folder / "spec.json")],
+                          capture_output=True, text=True, timeout=args.duration + 120)
+    if done.returncode != 0:
+        raise RuntimeError(f"load generator failed for {name}: {done.stderr[-2000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["concurrency"] = concurrency
+    print(f"  {name}: {result}", file=sys.stderr)
+    return result
+
+
+def check_same_scores(port_a: int, port_b: int, matrix: np.ndarray) -> float:
+    """Max |score difference| between the two servers on the same JSON request."""
+    import httpx
+
+    body = oip_json(matrix)
+    scores = []
+    for port in (port_a, port_b):
+        response = httpx.post(f"http://127.0.0.1:{port}/v2/models/hep/infer", content=body,
+                              headers={"content-type": "application/json"}, timeout=30)
+        response.raise_for_status()
+        scores.append(np.asarray(response.json()["outputs"][0]["data"], dtype=np.float64))
+    return float(np.max(np.abs(scores[0] - scores[1])))
+
+
+Body = tuple[bytes, dict[str, str]]
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+def request_bodies(events: Any, matrix: np.ndarray, big_rows: int) -> dict[str, list[Body]]:
+    """The request bodies of each scenario (several distinct ones, sent in turn)."""
+    bigs = [_tile(np.roll(matrix, -k * 37, axis=0), big_rows) for k in range(8)]
+    return {
+        "a_oip_json": [(oip_json(matrix[i:i + 1]), JSON_HEADERS) for i in range(256)],
+        "b_oip_json": [(oip_json(big), JSON_HEADERS) for big in bigs],
+        "b_oip_binary": [oip_binary(big) for big in bigs],
+        "a_events": [(events_json(events[i:i + 1]), JSON_HEADERS) for i in range(256)],
+        "b_events": [(events_json(events[k * 100:k * 100 + big_rows]), JSON_HEADERS)
+                     for k in range(4)],
+    }
+
+
+#: scenario -> (path, rows per request or None for --big-rows, concurrency or None for
+#: --big-concurrency, served by MLServer too)
+SCENARIOS = {
+    "a_oip_json": ("/v2/models/hep/infer", 1, 64, True),
+    "b_oip_json": ("/v2/models/hep/infer", None, None, True),
+    "b_oip_binary": ("/v2/models/hep/infer", None, None, False),
+    "a_events": ("/v2/models/hep/events", 1, 64, False),
+    "b_events": ("/v2/models/hep/events", None, None, False),
+}
+
+
+def run_all(servers: dict[str, int], bodies: dict[str, list[Body]], args: argparse.Namespace,
+            workdir: Path) -> dict[str, dict[str, Any]]:
+    """Every scenario on every server, servers interleaved, ``--repeats`` times; the
+    median of each figure over the repeats."""
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {tag: {} for tag in servers}
+    for repeat in range(args.repeats):
+        for scenario, (path, rows, concurrency, shared) in SCENARIOS.items():
+            for tag, port in servers.items():
+                if tag != "mlaas" and not shared:
+                    continue
+                figures = run_scenario(
+                    workdir, f"{tag}-{scenario}-{repeat}", port, path, bodies[scenario],
+                    rows or args.big_rows, concurrency or args.big_concurrency, args)
+                runs[tag].setdefault(scenario, []).append(figures)
+    return {tag: {scenario: _median(figures) for scenario, figures in by_scenario.items()}
+            for tag, by_scenario in runs.items()}
+
+
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for key, value in runs[0].items():
+        values = [run[key] for run in runs]
+        if key == "errors":
+            merged[key] = sum(values)
+        elif isinstance(value, (int, float)) and None not in values:
+            merged[key] = round(float(np.median(values)), 3)
+        else:
+            merged[key] = value
+    merged["repeats"] = len(runs)
+    return merged
+
+
+def summarise(result: dict[str, Any]) -> None:
+    mlaas = result["mlaas"]
+    nan_ceiling = result["ceiling"]["nan"]["rows_per_s"]
+    zero_ceiling = result["ceiling"]["zeros"]["rows_per_s"]
+    binary = mlaas["b_oip_binary"]["rows_per_s"] / nan_ceiling
+    json_b = mlaas["b_oip_json"]["rows_per_s"] / zero_ceiling
+    targets: dict[str, Any] = {
+        "b_binary_fraction_of_ceiling": round(binary, 3),
+        "b_json_fraction_of_ceiling": round(json_b, 3),
+        "b_target_met": min(binary, json_b) >= 0.5,
+        "a_vs_tfaas_rps": "400-480 on 16-24 cores (published)",
+    }
+    baselines = {k: v for k, v in result.items() if k.startswith("mlserver")}
+    if baselines:
+        name, base = max(baselines.items(), key=lambda kv: kv[1]["a_oip_json"]["rps"])
+        targets["mlserver_baseline"] = name
+        targets["a_rps_ratio"] = round(mlaas["a_oip_json"]["rps"] / base["a_oip_json"]["rps"], 2)
+        targets["a_p99_ratio"] = round(
+            mlaas["a_oip_json"]["p99_ms"] / base["a_oip_json"]["p99_ms"], 3)
+        targets["a_target_met"] = targets["a_rps_ratio"] >= 2 and targets["a_p99_ratio"] <= 1
+        best_base_b = max(v["b_oip_json"]["rows_per_s"] for v in baselines.values())
+        targets["b_json_rows_ratio_vs_mlserver"] = round(
+            mlaas["b_oip_json"]["rows_per_s"] / best_base_b, 2)
+    result["targets"] = targets
+
+
+def start_servers(repo: Path, bundle: Path, matrix: np.ndarray, args: argparse.Namespace,
+                  workdir: Path, processes: list[subprocess.Popen[bytes]],
+                  result: dict[str, Any]) -> dict[str, int]:
+    """Start mlaas and every MLServer configuration; returns tag -> port."""
+    servers = {"mlaas": free_port()}
+    processes.append(start_mlaas(repo, servers["mlaas"], workdir / "mlaas.log"))
+    if not args.skip_mlserver:
+        for item in args.mlserver_configs.split(","):
+            workers_text, _, omp = item.partition(":")
+            omp_threads = None if omp in ("", "default") else omp
+            tag = f"mlserver_pw{workers_text}_omp{omp or 'default'}"
+            servers[tag] = free_port()
+            processes.append(start_mlserver(bundle, workdir / tag, servers[tag],
+                                            int(workers_text), workdir / f"{tag}.log",
+                                            omp_threads))
+    for process, port in zip(processes, servers.values(), strict=True):
+        wait_ready(port, process)
+    for tag, port in servers.items():
+        if tag != "mlaas":  # the same model must give the same scores
+            result.setdefault("max_abs_score_diff_vs_mlaas", {})[tag] = check_same_scores(
+                servers["mlaas"], port, matrix[:500])
+    return servers
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=6.0, help="seconds measured")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds before measuring")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="rounds over all scenarios (servers interleaved); medians")
+    parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument("--depth", type=int, default=6)
+    parser.add_argument("--big-rows", type=int, default=1000)
+    parser.add_argument("--big-concurrency", type=int, default=4)
+    parser.add_argument("--mlserver-configs", default="1:1,0:1,1:default",
+                        help="MLServer configurations, comma-separated "
+                             "parallel_workers:OMP_NUM_THREADS ('default': unset); the best "
+                             "one is the baseline")
+    parser.add_argument("--skip-mlserver", action="store_true")
+    parser.add_argument("--out", type=Path, help="also write the JSON line here")
+    args = parser.parse_args(argv)
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        repo = workdir / "repo"
+        bundle = repo / "hep" / "1"
+        started = time.perf_counter()
+        events, matrix, booster = train(bundle, args.rounds, args.depth)
+        result: dict[str, Any] = {
+            "benchmark": "bench_serve", "cpus": os.cpu_count(),
+            "load_average_at_start": os.getloadavg()[0],
+            "model": {"trees": booster.num_boosted_rounds(), "max_depth": args.depth,
+                      "features": int(matrix.shape[1]),
+                      "missing_fraction": round(float(np.isnan(matrix).mean()), 3)},
+            "ceiling": ceiling(bundle, matrix),
+        }
+        servers = start_servers(repo, bundle, matrix, args, workdir, processes, result)
+        bodies = request_bodies(events, matrix, args.big_rows)
+        result.update(run_all(servers, bodies, args, workdir))
+        summarise(result)
+        result["load_average_at_end"] = os.getloadavg()[0]
+        result["seconds"] = round(time.perf_counter() - started, 1)
+        line = json.dumps(result)
+        print(line)
+        if args.out:
+            args.out.write_text(line + "\n")
+        return 0
+    finally:
+        for process in processes:
+            stop(process)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "loadgen":
+        loadgen_main(sys.argv[2])
+    else:
+        sys.exit(main())

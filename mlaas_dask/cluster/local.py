@@ -1,0 +1,198 @@
+"""``type: local``: worker processes on this machine, optionally one per GPU.
+
+Without GPU workers this is a plain :class:`distributed.LocalCluster` (the embedded
+default: one single-threaded worker process per core, everything on 127.0.0.1). With
+``gpu_workers`` it is a :class:`distributed.SpecCluster` of CPU workers ``cpu-0, cpu-1...``
+plus GPU workers ``gpu-0, gpu-1...``, each pinned to its GPU with ``CUDA_VISIBLE_DEVICES``
+and tagged with the worker resource ``GPU=1`` -- the layout of dask-cuda's
+LocalCUDACluster, next to CPU workers that do the reading.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+from typing import Any
+
+from mlaas_dask.cluster.config import (
+    ADAPT_FIELD,
+    SCHEDULER_FIELD,
+    ClusterConfig,
+    byte_size,
+    non_negative_or_auto,
+    positive,
+    positive_or_auto,
+    tags,
+)
+from mlaas_dask.cluster.placement import GPU
+from mlaas_dask.config import Field, Validator
+from mlaas_dask.errors import ConfigError
+
+SCHEMA = {
+    "workers": Field((int, str), "CPU worker processes; auto: one per core (less the GPU "
+                     "workers)", default="auto", check=positive_or_auto),
+    "threads_per_worker": Field((int,), "threads per worker process", default=1,
+                                check=positive),
+    "memory_limit": Field((str,), "memory per worker, e.g. '4GiB'; auto shares the "
+                          "machine's memory", default="auto", check=byte_size),
+    "gpu_workers": Field((int, str), "extra workers, one per GPU, tagged GPU=1: a number, "
+                         "or auto (one per visible GPU)", default=0,
+                         check=non_negative_or_auto),
+    "resources": tags("resource tags of the CPU workers, e.g. {IO: 1}"),
+    "adapt": ADAPT_FIELD,
+    "scheduler": SCHEDULER_FIELD,
+}
+
+EXAMPLE = """
+type: local
+workers: 2                  # CPU worker processes, or auto (one per core)
+threads_per_worker: 1
+memory_limit: auto          # or e.g. 4GiB per worker
+gpu_workers: 0              # or auto: one worker per GPU, tagged GPU=1
+scheduler: {host: 127.0.0.1, dashboard_address: "127.0.0.1:0"}
+"""
+
+
+def cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1  # pragma: no cover - not Linux
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids this process may use: ``CUDA_VISIBLE_DEVICES`` when set, else the GPUs that
+    ``nvidia-smi -L`` lists, else none."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        ids = [x.strip() for x in env.split(",") if x.strip()]
+        return [] if ids in (["-1"], ["NoDevFiles"]) else ids
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return []
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20,
+                             check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(l for l in out.splitlines()
+                                            if l.startswith("GPU "))]
+
+
+def gpu_ids(config: ClusterConfig) -> list[str]:
+    """The GPUs the GPU workers get, one each."""
+    wanted = config.options["gpu_workers"]
+    if wanted == "auto":
+        found = visible_gpus()
+        if not found:
+            raise ConfigError(
+                f"Cluster {config.name!r} asks for one worker per GPU (gpu_workers: auto) "
+                "but this machine shows none (no CUDA_VISIBLE_DEVICES, nvidia-smi lists no "
+                "GPU). Use --cluster local here, or set gpu_workers to a number to tag "
+                "workers as GPU workers anyway."
+            )
+        return found
+    found = visible_gpus()
+    # more GPU workers than GPUs: the extra ones are tags only (tests, simulations)
+    return [found[i] if i < len(found) else str(i) for i in range(wanted)]
+
+
+def check(config: ClusterConfig, validator: Validator) -> None:
+    """Impossible combinations."""
+    options = config.options
+    adapt = options["adapt"]
+    if adapt and adapt["minimum"] > adapt["maximum"]:
+        raise validator.error(("adapt",), f"adapt.minimum ({adapt['minimum']}) is above "
+                              f"adapt.maximum ({adapt['maximum']}).")
+    if adapt and options["gpu_workers"] not in (0, None):
+        raise validator.error(
+            ("adapt",), "adaptive scaling adds and removes CPU workers only; with "
+            "gpu_workers it could retire the GPU workers. Remove 'adapt' or set "
+            "gpu_workers: 0.")
+    if adapt and options["workers"] != "auto":
+        raise validator.error(("workers",), "give either a fixed number of workers or "
+                              "'adapt: {minimum, maximum}', not both.")
+    if GPU in options["resources"]:
+        raise validator.error(("resources", GPU), "the GPU tag belongs to GPU workers; use "
+                              "gpu_workers: N (or auto) to start them.")
+    placement = config.placement
+    for stage in ("read", "train"):
+        if getattr(placement, stage) == "gpu" and options["gpu_workers"] == 0:
+            raise validator.error(("placement", stage), f"placement.{stage} is 'gpu' but "
+                                  "this cluster has no GPU workers (gpu_workers: 0).")
+    wait = options["wait"] or {}
+    if wait.get("workers") and adapt and wait["workers"] > adapt["maximum"]:
+        raise validator.error(("wait", "workers"), f"waiting for {wait['workers']} workers "
+                              f"can never end: adapt.maximum is {adapt['maximum']}.")
+
+
+def with_size(config: ClusterConfig, count: int) -> ClusterConfig:
+    options = {**config.options, "workers": count, "adapt": None}
+    name = f"{config.name}:{count}"
+    return ClusterConfig(config.type, name, options, config.source)
+
+
+def _cpu_workers(options: dict[str, Any], n_gpu: int) -> int:
+    if options["workers"] != "auto":
+        return int(options["workers"])
+    if options["adapt"]:
+        return int(options["adapt"]["minimum"])
+    return max(1, cores() // options["threads_per_worker"] - n_gpu)
+
+
+def create(config: ClusterConfig, **extra: Any) -> Any:
+    """Start the cluster (returns a started LocalCluster or SpecCluster)."""
+    from distributed import LocalCluster, Nanny, Scheduler, SpecCluster
+
+    options = config.options
+    scheduler = options["scheduler"] or {}
+    host = scheduler.get("host") or "127.0.0.1"
+    dashboard = scheduler.get("dashboard_address") or f"{host}:0"
+    ids = gpu_ids(config) if options["gpu_workers"] else []
+    n_cpu = _cpu_workers(options, len(ids))
+    if not ids:
+        kwargs = {
+            "n_workers": n_cpu,
+            "threads_per_worker": options["threads_per_worker"],
+            "processes": True,
+            "host": host,
+            "scheduler_port": scheduler.get("port", 0),
+            "dashboard_address": dashboard,
+            "memory_limit": options["memory_limit"],
+            **({"resources": dict(options["resources"])} if options["resources"] else {}),
+            **extra,
+        }
+        cluster = LocalCluster(**kwargs)
+        if options["adapt"]:
+            cluster.adapt(minimum=options["adapt"]["minimum"],
+                          maximum=options["adapt"]["maximum"])
+        return cluster
+    common = {"host": host, "memory_limit": options["memory_limit"],
+              "silence_logs": extra.pop("silence_logs", None) or 30}
+    cpu = {"cls": Nanny, "options": {**common, "nthreads": options["threads_per_worker"],
+                                     "resources": dict(options["resources"]) or None}}
+    workers = {f"cpu-{i}": cpu for i in range(n_cpu)}
+    for index, gpu in enumerate(ids):
+        workers[f"gpu-{index}"] = {"cls": Nanny, "options": {
+            **common, "nthreads": 1, "resources": {GPU: 1},
+            "env": {"CUDA_VISIBLE_DEVICES": gpu}}}
+    if extra:
+        raise ConfigError(f"Options {sorted(extra)} are not supported with GPU workers.")
+    return SpecCluster(
+        workers=workers,
+        scheduler={"cls": Scheduler, "options": {"host": host,
+                                                 "port": scheduler.get("port", 0),
+                                                 "dashboard_address": dashboard}},
+        worker=cpu,
+        name=config.name,
+        silence_logs=logging.WARNING,
+    )
+
+
+def wanted_workers(config: ClusterConfig) -> int:
+    """How many workers to wait for by default."""
+    options = config.options
+    if options["adapt"]:
+        return int(options["adapt"]["minimum"])
+    return 0  # LocalCluster / SpecCluster start their workers before returning

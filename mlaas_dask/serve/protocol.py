@@ -1,0 +1,428 @@
+"""Open Inference Protocol (KServe v2) REST: JSON tensors and the binary tensor extension.
+
+An inference request is a JSON object; with the binary tensor data extension (what
+``tritonclient.http`` sends by default) the JSON header is followed in the same body by the
+raw little-endian bytes of the tensors, and the ``Inference-Header-Content-Length`` HTTP
+header says where the JSON ends. Responses use the same layout when binary outputs are
+asked for (``"binary_data": true`` on an output, or ``"binary_data_output": true`` on the
+request).
+
+These functions are pure (bytes and numpy in, bytes and numpy out) and are shared by the
+server and by :mod:`mlaas_dask.client`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from mlaas_dask.errors import did_you_mean
+from mlaas_dask.serve.errors import BadRequest, PayloadTooLarge
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+#: the model input every bundle exposes through the protocol
+INPUT_NAME = "features"
+
+#: protocol datatype -> little-endian numpy dtype (BYTES is not a number and is refused)
+DATATYPES: dict[str, np.dtype[Any]] = {
+    name: np.dtype(code)
+    for name, code in {
+        "BOOL": "?",
+        "UINT8": "<u1",
+        "UINT16": "<u2",
+        "UINT32": "<u4",
+        "UINT64": "<u8",
+        "INT8": "<i1",
+        "INT16": "<i2",
+        "INT32": "<i4",
+        "INT64": "<i8",
+        "FP16": "<f2",
+        "FP32": "<f4",
+        "FP64": "<f8",
+    }.items()
+}
+
+
+@dataclass
+class InferRequest:
+    """A parsed inference request.
+
+    Attributes
+    ----------
+    matrix
+        The ``features`` input as float32, shape ``(n, F)``.
+    request_id
+        The client's ``id``, echoed in the response.
+    outputs
+        Requested output names with their binary flag, or ``None`` for all outputs.
+    binary_default
+        Whether outputs without their own flag are returned as binary.
+    """
+
+    matrix: np.ndarray
+    request_id: str | None = None
+    outputs: list[tuple[str, bool | None]] | None = None
+    binary_default: bool = False
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+# -- JSON ---------------------------------------------------------------------------------
+
+
+def loads(body: bytes | memoryview, what: str = "request body") -> Any:
+    """Parse JSON with a message that says what is wrong (NaN and Infinity included)."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as err:
+        text = bytes(body[: err.pos + 16]).decode("utf-8", "replace") if err.pos else ""
+        hint = ""
+        tail = text[err.pos:err.pos + 9] if err.pos else ""
+        if tail.startswith(("NaN", "Infinity", "-Infinity", "inf", "-inf", "nan")):
+            hint = (
+                " NaN and Infinity are not JSON: send null for a missing value (events), "
+                "or use the binary tensor extension to send NaN."
+            )
+        elif not body:
+            hint = " The body is empty."
+        raise BadRequest(f"The {what} is not valid JSON: {err}.{hint}") from None
+
+
+def dumps(data: Any) -> bytes:
+    """Serialise to JSON bytes (numpy arrays included)."""
+    return orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _expect_object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise BadRequest(f"{what} must be a JSON object, got {kind_of(value)}.")
+    return value
+
+
+def kind_of(value: Any) -> str:
+    """How a JSON value is named in error messages ("a string", "null", ...)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+# -- requests -----------------------------------------------------------------------------
+
+
+def split_binary(body: bytes, header_length: str | None) -> tuple[Any, memoryview | None]:
+    """The JSON header and the binary part of a body (``None`` when there is none)."""
+    if header_length is None:
+        return loads(body), None
+    try:
+        size = int(header_length)
+    except ValueError:
+        raise BadRequest(
+            f"The {HEADER_LENGTH} header must be a whole number of bytes, not "
+            f"{header_length!r}."
+        ) from None
+    if not 0 <= size <= len(body):
+        raise BadRequest(
+            f"The {HEADER_LENGTH} header says {size} bytes of JSON but the body has "
+            f"{len(body)} bytes."
+        )
+    view = memoryview(body)
+    return loads(view[:size], "JSON header of the request"), view[size:]
+
+
+def parse_infer_request(
+    body: bytes,
+    header_length: str | None,
+    feature_names: Sequence[str],
+    max_rows: int,
+) -> InferRequest:
+    """Parse and check an inference request against a model with ``feature_names``.
+
+    Raises
+    ------
+    BadRequest
+        With a message naming the expected input, shape and datatype.
+    PayloadTooLarge
+        When the request holds more than ``max_rows`` rows.
+    """
+    header, binary = split_binary(body, header_length)
+    header = _expect_object(header, "The inference request")
+    inputs = header.get("inputs")
+    n_features = len(feature_names)
+    expected = f"one input {INPUT_NAME!r}, datatype FP32, shape [n, {n_features}]"
+    if not isinstance(inputs, list) or not inputs:
+        raise BadRequest(f"The inference request needs 'inputs': a list with {expected}.")
+    if len(inputs) != 1:
+        raise BadRequest(f"The inference request has {len(inputs)} inputs; expected {expected}.")
+    tensor = _expect_object(inputs[0], "inputs[0]")
+    name = tensor.get("name")
+    if name != INPUT_NAME:
+        raise BadRequest(f"Unknown input {name!r}; expected {expected}.")
+    matrix, used = _read_tensor(tensor, binary, 0)
+    if binary is not None and used != len(binary):
+        raise BadRequest(
+            f"The body has {len(binary) - used} bytes of binary data that no input claims "
+            "(check each input's binary_data_size)."
+        )
+    _check_matrix(matrix, n_features, max_rows)
+    parameters = header.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise BadRequest("The request 'parameters' must be a JSON object.")
+    request_id = header.get("id")
+    return InferRequest(
+        matrix=matrix,
+        request_id=None if request_id is None else str(request_id),
+        outputs=_requested_outputs(header.get("outputs")),
+        binary_default=bool(parameters.get("binary_data_output", False)),
+        parameters=parameters,
+    )
+
+
+def _check_matrix(matrix: np.ndarray, n_features: int, max_rows: int) -> None:
+    if matrix.ndim != 2 or matrix.shape[1] != n_features:
+        raise BadRequest(
+            f"Input {INPUT_NAME!r} has shape {list(matrix.shape)}; expected [n, {n_features}] "
+            f"(n events, {n_features} features each)."
+        )
+    if matrix.shape[0] > max_rows:
+        raise PayloadTooLarge(
+            f"The request holds {matrix.shape[0]} rows; at most {max_rows} are allowed per "
+            "request. Split it into smaller requests."
+        )
+
+
+def _read_tensor(
+    tensor: Mapping[str, Any], binary: memoryview | None, offset: int
+) -> tuple[np.ndarray, int]:
+    """The tensor as float32 in its declared shape, and the binary bytes it used."""
+    name = tensor.get("name")
+    shape = tensor.get("shape")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise BadRequest(
+            f"Input {name!r}: 'shape' must be a list of non-negative integers, e.g. [n, F]; "
+            f"got {shape!r}."
+        )
+    datatype = tensor.get("datatype")
+    dtype = DATATYPES.get(datatype) if isinstance(datatype, str) else None
+    if dtype is None:
+        raise BadRequest(
+            f"Input {name!r}: datatype {datatype!r} is not supported; use FP32 (or another "
+            f"numeric type: {', '.join(DATATYPES)})."
+        )
+    count = math.prod(shape)
+    parameters = tensor.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise BadRequest(f"Input {name!r}: 'parameters' must be a JSON object.")
+    size = parameters.get("binary_data_size")
+    if size is not None:
+        array = _binary_data(name, size, binary, offset, count, dtype)
+        used = int(size)
+    else:
+        if "data" not in tensor:
+            raise BadRequest(
+                f"Input {name!r} has neither 'data' nor a binary_data_size parameter."
+            )
+        array = _json_data(name, tensor["data"], count, dtype, datatype)
+        used = 0
+    with np.errstate(over="ignore", invalid="ignore"):
+        return array.reshape(shape).astype(np.float32, copy=False), used
+
+
+def _binary_data(
+    name: Any, size: Any, binary: memoryview | None, offset: int, count: int,
+    dtype: np.dtype[Any],
+) -> np.ndarray:
+    if binary is None:
+        raise BadRequest(
+            f"Input {name!r} has binary_data_size but the request has no binary part (the "
+            f"{HEADER_LENGTH} header is missing)."
+        )
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise BadRequest(f"Input {name!r}: binary_data_size must be a byte count, not {size!r}.")
+    if size != count * dtype.itemsize:
+        raise BadRequest(
+            f"Input {name!r}: binary_data_size is {size} bytes but the shape and datatype "
+            f"need {count} x {dtype.itemsize} = {count * dtype.itemsize} bytes."
+        )
+    if offset + size > len(binary):
+        raise BadRequest(
+            f"Input {name!r}: binary_data_size is {size} bytes but only "
+            f"{len(binary) - offset} bytes of binary data follow the JSON header."
+        )
+    return np.frombuffer(binary[offset:offset + size], dtype=dtype)
+
+
+def _json_data(
+    name: Any, data: Any, count: int, dtype: np.dtype[Any], datatype: str
+) -> np.ndarray:
+    if not isinstance(data, list):
+        raise BadRequest(f"Input {name!r}: 'data' must be a list of numbers, got {kind_of(data)}.")
+    try:
+        array = np.array(data)
+    except (ValueError, TypeError):
+        raise BadRequest(
+            f"Input {name!r}: 'data' must be a flat list of numbers or nested lists of equal "
+            "length (row-major)."
+        ) from None
+    allowed = "b" if datatype == "BOOL" else "iuf"
+    if array.size and array.dtype.kind not in allowed:
+        raise BadRequest(
+            f"Input {name!r}: 'data' holds {_first_bad(data, datatype)} but the datatype is "
+            f"{datatype}; send numbers only (NaN is not JSON: use the binary extension for "
+            "missing values)."
+        )
+    if array.size != count:
+        raise BadRequest(
+            f"Input {name!r}: 'data' holds {array.size} values but the shape needs {count}."
+        )
+    if array.dtype.kind == "f" and dtype.kind in "iu":
+        raise BadRequest(
+            f"Input {name!r}: 'data' holds numbers with a fraction but the datatype is "
+            f"{datatype}; declare FP32 for real numbers."
+        )
+    with np.errstate(over="ignore", invalid="ignore"):
+        return array.reshape(-1).astype(dtype, copy=False)
+
+
+def _first_bad(data: Any, datatype: str) -> str:
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, list):
+            stack.extend(reversed(value))
+        elif datatype == "BOOL" and not isinstance(value, bool):
+            return kind_of(value)
+        elif datatype != "BOOL" and (isinstance(value, bool) or not _is_number(value)):
+            return kind_of(value)
+    return "values of mixed kinds"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float))
+
+
+def _requested_outputs(outputs: Any) -> list[tuple[str, bool | None]] | None:
+    if outputs is None:
+        return None
+    if not isinstance(outputs, list):
+        raise BadRequest("'outputs' must be a list of {\"name\": ...} objects.")
+    requested = []
+    for i, output in enumerate(outputs):
+        output = _expect_object(output, f"outputs[{i}]")
+        name = output.get("name")
+        if not isinstance(name, str):
+            raise BadRequest(f"outputs[{i}] needs a 'name' (a string).")
+        binary = (output.get("parameters") or {}).get("binary_data")
+        requested.append((name, None if binary is None else bool(binary)))
+    return requested
+
+
+# -- responses ----------------------------------------------------------------------------
+
+
+def output_columns(scores: np.ndarray, output_names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Model scores as one float32 vector per output name."""
+    scores = np.asarray(scores, dtype=np.float32)
+    if scores.ndim == 1:
+        return {output_names[0]: scores}
+    return {name: np.ascontiguousarray(scores[:, i]) for i, name in enumerate(output_names)}
+
+
+def encode_infer_response(
+    request: InferRequest,
+    model_name: str,
+    model_version: str,
+    columns: Mapping[str, np.ndarray],
+) -> tuple[bytes, dict[str, str]]:
+    """The response body and headers for ``columns`` (output name -> vector).
+
+    Raises
+    ------
+    BadRequest
+        When the request asked for an output the model does not have.
+    """
+    wanted = request.outputs or [(name, None) for name in columns]
+    header_outputs: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for name, binary in wanted:
+        if name not in columns:
+            raise BadRequest(
+                f"Unknown output {name!r}." + did_you_mean(name, columns, "outputs")
+            )
+        values = columns[name]
+        output: dict[str, Any] = {"name": name, "datatype": "FP32", "shape": list(values.shape)}
+        if request.binary_default if binary is None else binary:
+            blob = values.astype("<f4", copy=False).tobytes()
+            output["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            output["data"] = values
+        header_outputs.append(output)
+    header: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
+    if request.request_id is not None:
+        header["id"] = request.request_id
+    header["outputs"] = header_outputs
+    body = dumps(header)
+    if not blobs:
+        return body, {"content-type": "application/json"}
+    headers = {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(body))}
+    return b"".join([body, *blobs]), headers
+
+
+# -- the client side ----------------------------------------------------------------------
+
+
+def encode_infer_request(
+    matrix: np.ndarray, binary: bool = True, request_id: str | None = None
+) -> tuple[bytes, dict[str, str]]:
+    """Body and headers of a request for the ``features`` input (used by the client)."""
+    matrix = np.ascontiguousarray(matrix, dtype="<f4")
+    tensor: dict[str, Any] = {"name": INPUT_NAME, "shape": list(matrix.shape), "datatype": "FP32"}
+    header: dict[str, Any] = {"inputs": [tensor]}
+    if request_id is not None:
+        header["id"] = request_id
+    if not binary:
+        if not np.isfinite(matrix).all():
+            raise BadRequest(
+                "The matrix holds NaN or infinite values, which JSON cannot carry; use the "
+                "binary tensor extension (binary=True) to send them."
+            )
+        tensor["data"] = matrix.reshape(-1)
+        return dumps(header), {"content-type": "application/json"}
+    blob = matrix.tobytes()
+    tensor["parameters"] = {"binary_data_size": len(blob)}
+    header["parameters"] = {"binary_data_output": True}
+    head = dumps(header)
+    return head + blob, {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(head))}
+
+
+def decode_infer_response(body: bytes, header_length: str | None) -> dict[str, np.ndarray]:
+    """Output name -> array from a response body (JSON or binary)."""
+    header, binary = split_binary(body, header_length)
+    outputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for output in header.get("outputs", []):
+        dtype = DATATYPES[output["datatype"]]
+        size = (output.get("parameters") or {}).get("binary_data_size")
+        if size is not None and binary is not None:
+            array = np.frombuffer(binary[offset:offset + size], dtype=dtype)
+            offset += size
+        else:
+            array = np.asarray(output["data"], dtype=dtype)
+        outputs[output["name"]] = array.reshape(output["shape"])
+    return outputs

@@ -1,0 +1,48 @@
+"""The end of every training job, whatever the model: evaluate on the test split, plot,
+and write the bundle."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from mlaas_dask.train import metrics as metrics_module
+from mlaas_dask.train.fitted import Fitted
+
+
+def evaluate_and_write(client: Any, fitted: Fitted, matrices: Any, classes: list[str],
+                       timings: dict[str, float], t0: float, out: Path, overwrite: bool,
+                       spec: Any, metadata: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """Score the test split, compute metrics and plots, write the bundle atomically.
+
+    Returns the bundle path and metrics.json's content.
+    """
+    from mlaas_dask.bundle import write_bundle
+
+    start = time.perf_counter()
+    scores, y_test, w_test = client.compute(
+        [fitted.test_scores, matrices.y["test"], matrices.w["test"]], sync=True)
+    test = metrics_module.evaluate(y_test, scores, w_test, classes)
+    plots = {
+        "roc.png": metrics_module.roc_png(y_test, scores, classes, test.get("auc")),
+        "scores.png": metrics_module.scores_png(y_test, scores, w_test, classes),
+    }
+    timings["evaluate"] = time.perf_counter() - start
+    timings["total"] = time.perf_counter() - t0
+    stats = matrices.stats
+    metrics = {
+        "auc": test.get("auc"),
+        **{k: v for k, v in test.items() if k != "auc"},
+        "classes": classes,
+        "events_per_class": stats["events_per_class"],
+        **fitted.metrics,
+        "seconds": {k: round(v, 3) for k, v in timings.items()},
+        "events_per_second_read_features": round(stats["events_read"]
+                                                 / max(timings["read_features"], 1e-9)),
+    }
+    bundle = write_bundle(out, model=fitted.model_bytes, model_file=fitted.model_file,
+                          spec=spec, metadata={**metadata, "model": fitted.model_metadata},
+                          metrics=metrics, extra_files={**plots, **fitted.files},
+                          overwrite=overwrite)
+    return bundle, metrics

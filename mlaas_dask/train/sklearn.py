@@ -1,0 +1,217 @@
+"""scikit-learn estimators on the distributed data path, through dask-ml.
+
+- estimators with ``partial_fit`` train over the Dask partitions with
+  :class:`dask_ml.wrappers.Incremental` (several epochs, shuffled block order, classes
+  declared); the model moves to the data, not the data to the model;
+- others are fitted on a bounded sample of the training split, drawn from every
+  partition, and the job says so;
+- NaN (missing objects) is replaced and features are standard-scaled with
+  :class:`dask_ml.preprocessing.StandardScaler` fitted on the training split only; both
+  become the bundle's ``preprocess.json``, applied identically by ``mlaas predict`` and
+  the server;
+- test scores come from :class:`dask_ml.wrappers.ParallelPostFit`;
+- the model is stored with skops (no pickle), so the server can load it safely.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlaas_dask.bundle import USER_MODEL_FILE
+from mlaas_dask.errors import ConfigError
+from mlaas_dask.features import Preprocess
+from mlaas_dask.train.fitted import Fitted
+from mlaas_dask.train.usermodel import (
+    estimator_from_class,
+    estimator_from_file,
+    share_model_file,
+)
+
+
+def make_estimator(model: Any, n_features: int) -> Any:
+    """The job's estimator, from ``model.class`` or ``model.file``."""
+    if model.file:
+        estimator = estimator_from_file(model.file, n_features)
+        if model.params:
+            estimator.set_params(**model.params)
+    else:
+        estimator = estimator_from_class(model.estimator_class, model.params)
+    if not hasattr(estimator, "predict_proba"):
+        raise ConfigError(
+            f"{type(estimator).__name__} has no predict_proba(), so it cannot give scores. "
+            "Pick a probabilistic model or loss (e.g. SGDClassifier(loss='log_loss'))."
+        )
+    return estimator
+
+
+def fit_preprocess(X_train: Any, fill_value: float, scale: bool) -> Preprocess:
+    """NaN replacement, and scaling fitted with dask-ml on the training split only."""
+    fill = Preprocess(fill_value)
+    if not scale:
+        return fill
+    from dask_ml.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(X_train.map_blocks(fill.apply, dtype=np.float32))
+    mean = np.asarray(scaler.mean_, dtype=np.float64)
+    spread = np.asarray(scaler.scale_, dtype=np.float64)
+    spread[~np.isfinite(spread) | (spread == 0)] = 1.0
+    return Preprocess(fill_value, tuple(mean.tolist()), tuple(spread.tolist()))
+
+
+def fit_sklearn(client: Any, job: Any, matrices: Any, classes: list[str], log: Any) -> Fitted:
+    """Train the job's scikit-learn estimator; see the module docstring."""
+    from dask_ml.wrappers import ParallelPostFit
+
+    model = job.model
+    n_features = matrices.X["train"].shape[1]
+    estimator = make_estimator(model, n_features)
+    if model.file:
+        share_model_file(client, model.file)
+    preprocess = fit_preprocess(matrices.X["train"], model.fill_value, model.scale)
+    X = {name: x.map_blocks(preprocess.apply, dtype=np.float32)
+         for name, x in matrices.X.items()}
+    counts = matrices.stats["events_per_class"]["train"]
+    if hasattr(estimator, "partial_fit"):
+        estimator, info = _incremental(client, estimator, X, matrices, classes, counts,
+                                       model, job.split.seed, log)
+    else:
+        estimator, info = _on_sample(client, estimator, X, matrices, counts, model, log)
+    probabilities = ParallelPostFit(estimator).predict_proba(X["test"])
+    scores = probabilities[:, 1] if len(classes) == 2 else probabilities
+    model_file, data = serialise(estimator, log)
+    files = {"preprocess.json": (json.dumps(preprocess.to_dict(), indent=2) + "\n").encode()}
+    if model.file:  # the user's classes: loadable later only with their code
+        files[USER_MODEL_FILE] = Path(model.file).read_bytes()
+    return Fitted(
+        model_file=model_file, model_bytes=data, test_scores=scores, files=files,
+        metrics=info,
+        model_metadata={"kind": "sklearn", "file": model_file,
+                        "class": f"{type(estimator).__module__}.{type(estimator).__qualname__}",
+                        "params": _jsonable(estimator.get_params()),
+                        "source": model.file or model.estimator_class,
+                        "fit": info["fit"], "scaled": model.scale,
+                        "fill_value": model.fill_value},
+    )
+
+
+def _balance(counts: list[int]) -> dict[int, float]:
+    total, present = sum(counts), [c for c in counts if c]
+    return {i: total / (len(present) * c) for i, c in enumerate(counts) if c}
+
+
+def _incremental(client: Any, estimator: Any, X: dict[str, Any], matrices: Any,
+                 classes: list[str], counts: list[int], model: Any, seed: int,
+                 log: Any) -> tuple[Any, dict[str, Any]]:
+    from dask_ml.wrappers import Incremental, ParallelPostFit
+    from sklearn.metrics import log_loss
+
+    if model.balance_classes and "class_weight" in estimator.get_params():
+        estimator.set_params(class_weight=_balance(counts))
+    incremental = Incremental(estimator, shuffle_blocks=True, random_state=seed,
+                              assume_equal_chunks=True)
+    # partitions usually hold one file, hence one class: partial_fit on such blocks
+    # forgets the other class, so every training block gets a slice of every partition
+    x_train, y_train = client.persist(interleave(X["train"], matrices.y["train"]))
+    history = []
+    labels = np.arange(len(classes))
+    has_validation = X["validation"].shape[0] > 0
+    fit_seconds = 0.0
+    for epoch in range(model.epochs):
+        start = time.perf_counter()
+        incremental.partial_fit(x_train, y_train, classes=labels)
+        fit_seconds += time.perf_counter() - start
+        if has_validation:
+            probabilities, y = client.compute(
+                [ParallelPostFit(incremental.estimator_).predict_proba(X["validation"]),
+                 matrices.y["validation"]], sync=True)
+            history.append(float(log_loss(y, probabilities, labels=labels)))
+            log(f"  epoch {epoch + 1:>3}/{model.epochs}  validation-logloss={history[-1]:.4f}")
+    blocks = len(x_train.chunks[0])
+    del x_train, y_train
+    return incremental.estimator_, {
+        "fit": "incremental", "epochs": model.epochs, "blocks": blocks,
+        "partial_fit_seconds": round(fit_seconds, 3),
+        "history": {"validation": {"logloss": history}},
+        "event_weights_used": False,
+    }
+
+
+def interleave(x: Any, y: Any) -> tuple[Any, Any]:
+    """The same rows in as many blocks, each made of an equal share of every block."""
+    import dask.array as da
+
+    sizes = x.chunks[0]
+    n = len(sizes)
+    bounds = [np.linspace(0, rows, n + 1).astype(int) for rows in sizes]
+    new_sizes = tuple(int(sum(b[j + 1] - b[j] for b in bounds)) for j in range(n))
+
+    def shuffled(array: Any) -> Any:
+        slices = [array.blocks[p][bounds[p][j]:bounds[p][j + 1]]
+                  for j in range(n) for p in range(n)]
+        return da.concatenate(slices).rechunk({0: new_sizes})
+
+    return shuffled(x), shuffled(y)
+
+
+def _on_sample(client: Any, estimator: Any, X: dict[str, Any], matrices: Any,
+               counts: list[int], model: Any, log: Any) -> tuple[Any, dict[str, Any]]:
+    import dask.array as da
+
+    x, y, w = X["train"], matrices.y["train"], matrices.w["train"]
+    total = x.shape[0]
+    size = min(total, model.sample_size)
+    # the same share of every partition: blocks hold one file each, often one class
+    take = [min(rows, math.ceil(size * rows / total)) for rows in x.chunks[0]]
+    pieces = [(x.blocks[i][:k], y.blocks[i][:k], w.blocks[i][:k])
+              for i, k in enumerate(take) if k]
+    xs, ys, ws = client.compute([da.concatenate([p[j] for p in pieces]) for j in range(3)],
+                                sync=True)
+    log(f"{type(estimator).__name__} has no partial_fit(): fitting it on a sample of "
+        f"{len(ys):,} of the {total:,} training events (model.sample_size).")
+    kwargs = {}
+    if "sample_weight" in inspect.signature(estimator.fit).parameters:
+        weights = ws.astype(np.float64)
+        if model.balance_classes:
+            factors = _balance(counts)
+            weights = weights * np.array([factors.get(int(c), 1.0) for c in ys])
+        kwargs["sample_weight"] = weights
+    estimator.fit(xs, ys, **kwargs)
+    return estimator, {"fit": "sample", "sample_events": int(len(ys)),
+                       "training_events": int(total),
+                       "event_weights_used": "sample_weight" in kwargs}
+
+
+def serialise(estimator: Any, log: Any) -> tuple[str, bytes]:
+    """skops bytes (servable), or a pickle when skops cannot store and reload the model
+    (local use only: the server refuses it)."""
+    import skops.io
+
+    try:
+        data = skops.io.dumps(estimator)
+        skops.io.loads(data, trusted=skops.io.get_untrusted_types(data=data))
+        return "model.skops", data
+    except Exception as err:  # noqa: BLE001 - skops raises many kinds for odd objects
+        import cloudpickle
+
+        log(f"skops cannot store {type(estimator).__name__} ({type(err).__name__}: {err}); "
+            "the bundle holds a pickle instead, usable locally with --allow-pickle and "
+            "refused by the server.")
+        return "model.pkl", cloudpickle.dumps(estimator)
+
+
+def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in params.items():
+        try:
+            json.dumps(value)
+            out[key] = value
+        except TypeError:
+            out[key] = repr(value)
+    return out
