@@ -161,7 +161,7 @@ class ModelBundle:
         if self.kind == "xgboost":
             return np.asarray(self.model.inplace_predict(matrix, missing=np.nan))
         probabilities = np.asarray(self.model.predict_proba(matrix), dtype=np.float32)
-        return probabilities[:, 1] if self.is_binary else probabilities
+        return np.ascontiguousarray(probabilities[:, 1] if self.is_binary else probabilities)
 
     def predict_events(self, events: Any) -> np.ndarray:
         """Scores for raw events (awkward records or a mapping of branches to arrays),

@@ -308,3 +308,48 @@ model: {num_boost_round: 20, early_stopping_rounds: 5}
     bad = text.replace("mixed.root", "bad.root")
     with pytest.raises(Exception, match="Label branch 'label' in .*bad.root holds the value 5"):
         train(job_from_text(bad, base=tmp_path), cluster=client, out=tmp_path / "c", **quiet)
+
+
+def test_server_round_trip_for_each_model_kind(client, tmp_path: Path) -> None:
+    """XGBoost and scikit-learn bundles through the real app; a bundle of the user's own
+    classes is refused by the server (it never trusts them)."""
+    import shutil
+    import warnings
+
+    from mlaas_dask.serve import ServeConfig, create_app
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
+        from starlette.testclient import TestClient
+
+    (tmp_path / "my_model.py").write_text(MODEL_FILE)
+    bundles = {}
+    for name, model in (("xgb", "{num_boost_round: 20}"), ("sgd", SGD),
+                        ("hgb", "{class: sklearn.ensemble.HistGradientBoostingClassifier, "
+                                "params: {max_iter: 10}}"),
+                        ("mine", "{file: my_model.py, epochs: 1}")):
+        job = job_from_text(sample_job(tmp_path, model), base=tmp_path)
+        bundles[name] = train(job, cluster=client, out=tmp_path / name, **quiet).bundle
+    repo = tmp_path / "repo"
+    for name, path in bundles.items():
+        shutil.copytree(path, repo / name / "1")
+    events = events_of(tmp_path, "sig", ModelBundle.load(bundles["xgb"]).spec)
+    rows = events[:50].to_list()
+    app = create_app(ServeConfig(models=repo, threads=2))
+    with TestClient(app) as http:
+        for _ in range(200):
+            if http.get("/v2/health/ready").status_code == 200:
+                break
+            __import__("time").sleep(0.05)
+        for name in ("xgb", "sgd", "hgb"):
+            answer = http.post(f"/v2/models/{name}/events", json={"events": rows})
+            assert answer.status_code == 200, answer.text
+            served = np.asarray(answer.json()["scores"] if "scores" in answer.json()
+                                else answer.json()["outputs"][0]["data"], dtype=np.float64)
+            expected = ModelBundle.load(bundles[name]).predict_events(events[:50])
+            np.testing.assert_allclose(served.ravel(), expected, atol=1e-5)
+        refused = http.post("/v2/models/mine/events", json={"events": rows})
+        assert 400 <= refused.status_code < 500
+        index = http.post("/v2/repository/index", json={}).json()
+        mine = [entry for entry in index if entry["name"] == "mine"][0]
+        assert mine["state"] == "UNAVAILABLE" and "not on the safe list" in mine["reason"]
