@@ -26,6 +26,7 @@
 # back to back while the machine is warm, then run this script in that second call.
 #
 # Options: --cpu | --gpu (default: --gpu when nvidia-smi lists a GPU), --events N,
+#          --rounds N (boosting rounds, default 100),
 #          --out DIR (default: $OUT, else benchmarks/results/gpu_check)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -33,12 +34,14 @@ ROOT="$PWD"
 
 MODE=""
 EVENTS=""
+ROUNDS=100
 DEST="${OUT:-$ROOT/benchmarks/results/gpu_check}"
 while [ $# -gt 0 ]; do
     case "$1" in
         --cpu) MODE=cpu ;;
         --gpu) MODE=gpu ;;
         --events) EVENTS="$2"; shift ;;
+        --rounds) ROUNDS="$2"; shift ;;
         --out) DEST="$2"; shift ;;
         *) echo "gpu_check: unknown argument $1" >&2; exit 2 ;;
     esac
@@ -121,8 +124,8 @@ features:
 model:
   device: auto                # cuda on local-gpu, cpu on local:N
   params: {max_depth: 6, eta: 0.1}
-  num_boost_round: 100
-  early_stopping_rounds: 0    # a fixed 100 rounds: the same work on every cluster
+  num_boost_round: $ROUNDS
+  early_stopping_rounds: 0    # a fixed number of rounds: the same work on every cluster
 split: {train: 0.7, validation: 0.15, test: 0.15, seed: 42}
 YAML
 

@@ -231,6 +231,8 @@ def build_matrices(
     from distributed import progress as progress_bar
 
     sources = dataset.sources()
+    # not pure: a second job on the same data must read (or hit the feature cache) and
+    # report what it did itself, not get the first job's results back from the workers
     task = delayed(read_and_process, pure=True)
     tasks = [task(p, sources[p.file], plan) for p in dataset.partitions]
     restrict = {"workers": workers, "allow_other_workers": False} if workers else {}

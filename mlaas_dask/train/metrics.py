@@ -37,21 +37,17 @@ def evaluate(
 
 
 def _figure() -> tuple[Any, Any]:
-    import matplotlib
+    # a Figure without pyplot: no global backend switch (notebooks keep inline plots)
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(figsize=(6, 4.5), dpi=100)
+    fig = Figure(figsize=(6, 4.5), dpi=100)
+    return fig, fig.add_subplot()
 
 
 def _png(fig: Any) -> bytes:
-    import matplotlib.pyplot as plt
-
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png")
-    plt.close(fig)
     return buffer.getvalue()
 
 
