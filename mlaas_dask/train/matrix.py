@@ -231,10 +231,15 @@ def build_matrices(
     from distributed import progress as progress_bar
 
     sources = dataset.sources()
-    # not pure: a second job on the same data must read (or hit the feature cache) and
-    # report what it did itself, not get the first job's results back from the workers
+    # a key of its own per job ('read_and_process-<hex>'): a second job on the same data
+    # must read (or hit the feature cache) and report what it did itself, not get an
+    # earlier job's results back from the workers
+    import uuid
+
     task = delayed(read_and_process, pure=True)
-    tasks = [task(p, sources[p.file], plan) for p in dataset.partitions]
+    tasks = [task(p, sources[p.file], plan,
+                  dask_key_name=f"read_and_process-{uuid.uuid4().hex}")
+             for p in dataset.partitions]
     restrict = {"workers": workers, "allow_other_workers": False} if workers else {}
     futures = client.compute(tasks, **restrict)
     if progress:
