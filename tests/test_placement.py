@@ -129,7 +129,8 @@ def test_training_runs_on_the_gpu_tagged_worker_and_reading_does_not(tmp_path: P
     assert placement["train"]["rule"] == "gpu"
     assert placement["predict"]["rule"] == "any" and placement["predict"]["workers"]
     assert result.metadata["model"]["device"] == "cpu"
-    assert result.metadata["cluster"]["worker_list"][1]["name"] == "gpu-0"
+    workers = {w["name"]: w for w in result.metadata["cluster"]["worker_list"]}
+    assert workers["gpu-0"]["resources"] == {"GPU": 1} and workers["cpu-0"]["resources"] == {}
     saved = (result.bundle / "metadata.json").read_text()
     assert '"placement"' in saved and '"gpu-0"' in saved
 

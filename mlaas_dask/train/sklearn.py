@@ -72,6 +72,8 @@ def fit_sklearn(client: Any, job: Any, matrices: Any, classes: list[str], log: A
     model = job.model
     n_features = matrices.X["train"].shape[1]
     estimator = make_estimator(model, n_features)
+    if estimator.get_params().get("random_state", 0) is None:
+        estimator.set_params(random_state=job.split.seed)  # the same job gives the same model
     if model.file:
         share_model_file(client, model.file)
     preprocess = fit_preprocess(matrices.X["train"], model.fill_value, model.scale)
