@@ -19,33 +19,22 @@ import time
 
 import numpy as np
 
-from common import emit, sample_files
+from common import emit, sample_files, sample_job
 
 EPOCHS = 3
-FEATURES = """
-  flat: [MET_pt, MET_phi, PV_npvs]
-  collections:
-    Jet: {fields: [pt, eta, phi, mass, btagDeepB], n: 6, sort_by: pt}
-    Muon: {fields: [pt, eta, charge], n: 2, sort_by: pt}
-    Electron: {fields: [pt, eta, charge], n: 2, sort_by: pt}
-"""
 
 
 def job(events: int, step: int):  # noqa: ANN201
     from mlaas_dask.job import job_from_text
 
-    files = sample_files(events)
-    return job_from_text(f"""
-dataset:
-  step_size: {step}
-  groups:
-    - {{name: signal, files: {[str(p) for p in files['signal']]}, label: 1}}
-    - {{name: background, files: {[str(p) for p in files['background']]}, label: 0}}
-features: {FEATURES}
-model: {{class: sklearn.linear_model.SGDClassifier, params: {{loss: log_loss}},
-         epochs: {EPOCHS}, balance_classes: false, early_stopping_rounds: 0}}
+    return job_from_text(sample_job(sample_files(events), step, rest=f"""model:
+  class: sklearn.linear_model.SGDClassifier
+  params: {{loss: log_loss}}
+  epochs: {EPOCHS}
+  balance_classes: false
+  early_stopping_rounds: 0
 split: {{train: 0.85, validation: 0.0, test: 0.15, seed: 42}}
-""")
+"""))
 
 
 def one_process(the_job, blocks: int) -> dict[str, float]:  # noqa: ANN001

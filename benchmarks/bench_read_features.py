@@ -17,30 +17,14 @@ import time
 
 import numpy as np
 
-from common import emit, sample_files
+from common import emit, sample_files, sample_job
 
-JOB = """
-dataset:
-  step_size: {step}
-  groups:
-    - {{name: signal, files: {signal}, label: 1}}
-    - {{name: background, files: {background}, label: 0}}
-features:
-  flat: [MET_pt, MET_phi, PV_npvs]
-  collections:
-    Jet: {{fields: [pt, eta, phi, mass, btagDeepB], n: 6, sort_by: pt}}
-    Muon: {{fields: [pt, eta, charge], n: 2, sort_by: pt}}
-    Electron: {{fields: [pt, eta, charge], n: 2, sort_by: pt}}
-"""
 
 
 def load(events: int, step: int):  # noqa: ANN201
     from mlaas_dask.job import job_from_text
 
-    files = sample_files(events)
-    text = JOB.format(step=step, signal=[str(p) for p in files["signal"]],
-                      background=[str(p) for p in files["background"]])
-    return job_from_text(text)
+    return job_from_text(sample_job(sample_files(events), step))
 
 
 def uproot_baseline(job) -> tuple[float, int]:  # noqa: ANN001

@@ -22,26 +22,11 @@ import sys
 import time
 from pathlib import Path
 
-from common import HERE, emit, sample_files
+from common import HERE, emit, sample_files, sample_job
 
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from servers import NginxServer, XRootDServer, free_port, wait_for_port  # noqa: E402
-
-JOB = """
-dataset:
-  step_size: {step}
-  timeout: 60
-  groups:
-    - {{name: signal, files: {signal}, label: 1}}
-    - {{name: background, files: {background}, label: 0}}
-features:
-  flat: [MET_pt, MET_phi, PV_npvs]
-  collections:
-    Jet: {{fields: [pt, eta, phi, mass, btagDeepB], n: 6, sort_by: pt}}
-    Muon: {{fields: [pt, eta, charge], n: 2, sort_by: pt}}
-    Electron: {{fields: [pt, eta, charge], n: 2, sort_by: pt}}
-"""
 
 
 def job_for(files: dict[str, list[Path]], base: str, step: int):  # noqa: ANN201
@@ -51,9 +36,8 @@ def job_for(files: dict[str, list[Path]], base: str, step: int):  # noqa: ANN201
         return f"{base}{path}" if base.startswith("root") else (
             f"{base}/{path.name}" if base else str(path))
 
-    return job_from_text(JOB.format(step=step,
-                                    signal=[url(p) for p in files["signal"]],
-                                    background=[url(p) for p in files["background"]]))
+    urls = {name: [url(p) for p in paths] for name, paths in files.items()}
+    return job_from_text(sample_job(urls, step, dataset_extra="  timeout: 60\n"))
 
 
 def compressed_bytes(job) -> int:  # noqa: ANN001

@@ -26,32 +26,18 @@ from pathlib import Path
 
 import numpy as np
 
-from common import PeakMemory, emit, sample_files
+from common import PeakMemory, emit, sample_files, sample_job
 
 ROUNDS, EARLY, DEPTH, ETA = 100, 10, 6, 0.1
-FEATURES = """
-  flat: [MET_pt, MET_phi, PV_npvs]
-  collections:
-    Jet: {fields: [pt, eta, phi, mass, btagDeepB], n: 6, sort_by: pt}
-    Muon: {fields: [pt, eta, charge], n: 2, sort_by: pt}
-    Electron: {fields: [pt, eta, charge], n: 2, sort_by: pt}
-"""
 
 
 def job_text(files: dict[str, list[Path]], step: int) -> str:
-    return f"""
-dataset:
-  step_size: {step}
-  groups:
-    - {{name: signal, files: {[str(p) for p in files['signal']]}, label: 1}}
-    - {{name: background, files: {[str(p) for p in files['background']]}, label: 0}}
-features: {FEATURES}
-model:
+    return sample_job(files, step, rest=f"""model:
   params: {{max_depth: {DEPTH}, eta: {ETA}}}
   num_boost_round: {ROUNDS}
   early_stopping_rounds: {EARLY}
 split: {{train: 0.7, validation: 0.15, test: 0.15, seed: 42}}
-"""
+""")
 
 
 def baseline(job_path: str) -> None:

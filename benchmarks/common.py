@@ -85,3 +85,27 @@ def emit(name: str, figures: dict[str, Any]) -> None:
     results.mkdir(exist_ok=True)
     with open(results / f"{name}.jsonl", "a") as handle:
         handle.write(line + "\n")
+
+
+#: the features every sample benchmark uses (flat MET, jets, muons, electrons)
+SAMPLE_FEATURES = """
+  flat: [MET_pt, MET_phi, PV_npvs]
+  collections:
+    Jet: {fields: [pt, eta, phi, mass, btagDeepB], n: 6, sort_by: pt}
+    Muon: {fields: [pt, eta, charge], n: 2, sort_by: pt}
+    Electron: {fields: [pt, eta, charge], n: 2, sort_by: pt}
+"""
+
+
+def sample_job(files: dict[str, list[Path]], step: int, dataset_extra: str = "",
+               rest: str = "") -> str:
+    """A job (YAML) on the generated sample: signal vs background with SAMPLE_FEATURES.
+
+    ``dataset_extra`` adds lines to the dataset block (indented by two spaces), ``rest``
+    adds top-level sections (model, split...)."""
+    return (f"dataset:\n  step_size: {step}\n{dataset_extra}"
+            f"  groups:\n"
+            f"    - {{name: signal, files: {[str(p) for p in files['signal']]}, label: 1}}\n"
+            f"    - {{name: background, files: {[str(p) for p in files['background']]}, "
+            f"label: 0}}\n"
+            f"features: {SAMPLE_FEATURES}{rest}")
