@@ -112,16 +112,21 @@ class XRootDServer:
         if self.log.exists():
             os.chown(self.log, user.pw_uid, user.pw_gid)
         command = ["xrootd", "-c", str(self.config), "-l", str(self.log)]
+        options: dict = {"stdout": subprocess.DEVNULL, "stderr": subprocess.STDOUT,
+                         "start_new_session": True, "preexec_fn": _die_with_parent()}
         if os.geteuid() == 0:
-            self.process = subprocess.Popen(
-                command, user=user.pw_uid, group=user.pw_gid, extra_groups=[],
-                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=_die_with_parent())
-        else:
-            self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
-                                            stderr=subprocess.STDOUT, start_new_session=True,
-                                            preexec_fn=_die_with_parent())
-        wait_for_port(self.port, process=self.process, log=self.log)
+            options.update(user=user.pw_uid, group=user.pw_gid, extra_groups=[])
+        # a restart right after a stop can find the old instance's port or pid file still
+        # held for a moment, and xrootd then exits at once: try again, a few times
+        for attempt in range(5):
+            self.process = subprocess.Popen(command, **options)
+            try:
+                wait_for_port(self.port, process=self.process, log=self.log)
+                return self
+            except RuntimeError:
+                if self.process.poll() is None or attempt == 4:
+                    raise
+                time.sleep(1.0)
         return self
 
     def stop(self) -> None:
