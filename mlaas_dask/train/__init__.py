@@ -121,9 +121,10 @@ def _run(job: Any, client: Any, dataset: Any, spec: Any, plan: Any, out: Path,
          cluster_info: dict[str, Any], placement: Any = None) -> TrainResult:
     from distributed import futures_of, wait
 
-    from mlaas_dask.bundle import write_bundle
     from mlaas_dask.cluster.placement import StagePlan, holders
     from mlaas_dask.train import metrics as metrics_module
+    from mlaas_dask.train.finish import evaluate_and_write
+    from mlaas_dask.train.fitted import Fitted
     from mlaas_dask.train.matrix import build_matrices
     from mlaas_dask.train.xgb import (
         balanced_weights,
@@ -177,33 +178,19 @@ def _run(job: Any, client: Any, dataset: Any, spec: Any, plan: Any, out: Path,
     scores, y_test, w_test = client.compute(
         [test_scores, matrices.y["test"], matrices.w["test"]], sync=True)
     timings["predict"] = time.perf_counter() - start
-    del matrices, test_scores
-    test = metrics_module.evaluate(y_test, scores, w_test, classes)
-    plots = {
-        "roc.png": metrics_module.roc_png(y_test, scores, classes, test.get("auc")),
-        "scores.png": metrics_module.scores_png(y_test, scores, w_test, classes),
-    }
-    timings["evaluate"] = time.perf_counter() - start
-    timings["total"] = time.perf_counter() - t0
-    metrics = {
-        "auc": test.get("auc"),
-        **{k: v for k, v in test.items() if k != "auc"},
-        "classes": classes,
-        "events_per_class": stats["events_per_class"],
-        "best_iteration": history["best_iteration"],
-        "rounds": history["rounds"],
-        "seconds": {k: round(v, 3) for k, v in timings.items()},
-        "events_per_second_read_features": round(stats["events_read"]
-                                                 / max(timings["read_features"], 1e-9)),
-        "feature_importance": metrics_module.importance(booster, spec.feature_names),
-        "history": history["history"],
-    }
     metadata = _metadata(job, dataset, plan, stats, classes, params, cluster_info, device)
     metadata["placement"] = stages.record()
-    bundle = write_bundle(out, model=bytes(booster.save_raw("ubj")), spec=spec,
-                          metadata=metadata, metrics=metrics, extra_files=plots,
-                          overwrite=overwrite)
-    return TrainResult(bundle, metrics, metadata)
+    fitted = Fitted(
+        model_file="model.ubj", model_bytes=bytes(booster.save_raw("ubj")),
+        test_scores=test_scores, model_metadata=metadata.pop("model"),
+        metrics={"best_iteration": history["best_iteration"], "rounds": history["rounds"],
+                 "feature_importance": metrics_module.importance(booster,
+                                                                 spec.feature_names),
+                 "history": history["history"]},
+    )
+    bundle, metrics = evaluate_and_write(client, fitted, matrices, classes, timings, t0, out,
+                                         overwrite, spec, metadata)
+    return TrainResult(bundle, metrics, {**metadata, "model": fitted.model_metadata})
 
 
 def _run_sklearn(job: Any, client: Any, dataset: Any, plan: Any, matrices: Any, out: Path,
