@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import math
+
 import numpy as np
 
 from mlaas_dask.data.dataset import Dataset, Partition, PartitionSource
@@ -430,3 +432,29 @@ def _summarise(stats: list[dict[str, Any]], dataset: Dataset, plan: PartitionPla
         "weight_per_class": weight_per_class,
         "nonfinite_inputs": nonfinite,
     }
+
+
+def balance_factors(totals: Any) -> np.ndarray:
+    """Per-class weight factors that give every class present the same total weight
+    (1 for classes that are absent)."""
+    totals = np.asarray(totals, dtype=np.float64)
+    present = totals > 0
+    factors = np.ones_like(totals)
+    factors[present] = totals[present].sum() / (present.sum() * totals[present])
+    return factors
+
+
+def bounded_sample(client: Any, x: Any, y: Any, w: Any, size: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Up to ``size`` rows of dask arrays X, y, w, computed here: the same share of every
+    block (blocks hold one file each, often of one class)."""
+    import dask.array as da
+
+    total = x.shape[0]
+    size = min(total, size)
+    take = [min(rows, math.ceil(size * rows / total)) for rows in x.chunks[0]]
+    pieces = [(x.blocks[i][:k], y.blocks[i][:k], w.blocks[i][:k])
+              for i, k in enumerate(take) if k]
+    xs, ys, ws = client.compute([da.concatenate([p[j] for p in pieces]) for j in range(3)],
+                                sync=True)
+    return xs, ys, ws

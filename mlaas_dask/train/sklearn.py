@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from mlaas_dask.bundle import USER_MODEL_FILE
 from mlaas_dask.errors import ConfigError
 from mlaas_dask.features import Preprocess
 from mlaas_dask.train.fitted import Fitted
+from mlaas_dask.train.matrix import balance_factors, bounded_sample
 from mlaas_dask.train.usermodel import (
     estimator_from_class,
     estimator_from_file,
@@ -104,8 +104,8 @@ def fit_sklearn(client: Any, job: Any, matrices: Any, classes: list[str], log: A
 
 
 def _balance(counts: list[int]) -> dict[int, float]:
-    total, present = sum(counts), [c for c in counts if c]
-    return {i: total / (len(present) * c) for i, c in enumerate(counts) if c}
+    """``class_weight`` for the classes present."""
+    return {i: float(f) for i, f in enumerate(balance_factors(counts)) if counts[i]}
 
 
 def _incremental(client: Any, estimator: Any, X: dict[str, Any], matrices: Any,
@@ -164,17 +164,9 @@ def interleave(x: Any, y: Any) -> tuple[Any, Any]:
 
 def _on_sample(client: Any, estimator: Any, X: dict[str, Any], matrices: Any,
                counts: list[int], model: Any, log: Any) -> tuple[Any, dict[str, Any]]:
-    import dask.array as da
-
-    x, y, w = X["train"], matrices.y["train"], matrices.w["train"]
-    total = x.shape[0]
-    size = min(total, model.sample_size)
-    # the same share of every partition: blocks hold one file each, often one class
-    take = [min(rows, math.ceil(size * rows / total)) for rows in x.chunks[0]]
-    pieces = [(x.blocks[i][:k], y.blocks[i][:k], w.blocks[i][:k])
-              for i, k in enumerate(take) if k]
-    xs, ys, ws = client.compute([da.concatenate([p[j] for p in pieces]) for j in range(3)],
-                                sync=True)
+    total = X["train"].shape[0]
+    xs, ys, ws = bounded_sample(client, X["train"], matrices.y["train"], matrices.w["train"],
+                                model.sample_size)
     log(f"{type(estimator).__name__} has no partial_fit(): fitting it on a sample of "
         f"{len(ys):,} of the {total:,} training events (model.sample_size).")
     kwargs = {}

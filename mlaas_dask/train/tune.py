@@ -133,24 +133,16 @@ def _sklearn_trial(params: dict[str, Any], data: dict[str, np.ndarray],
 
 def sample_splits(client: Any, matrices: Any, size: int) -> dict[str, np.ndarray]:
     """A bounded sample of the training and validation splits, from every partition."""
-    import dask.array as da
+    from mlaas_dask.train.matrix import balance_factors, bounded_sample
 
     out = {}
     for split, limit in (("train", size), ("validation", max(1, size // 2))):
         x, y, w = matrices.X[split], matrices.y[split], matrices.w[split]
-        total = x.shape[0]
-        if total == 0:
+        if x.shape[0] == 0:
             raise ConfigError(f"tune needs events in the {split} split.")
-        take = [min(rows, math.ceil(min(limit, total) * rows / total)) for rows in x.chunks[0]]
-        pieces = [(x.blocks[i][:k], y.blocks[i][:k], w.blocks[i][:k])
-                  for i, k in enumerate(take) if k]
-        values = client.compute([da.concatenate([p[j] for p in pieces]) for j in range(3)],
-                                sync=True)
+        values = bounded_sample(client, x, y, w, limit)
         out[f"X_{split}"], out[f"y_{split}"], out[f"w_{split}"] = values
-    counts = np.bincount(out["y_train"])
-    present = counts > 0
-    factors = np.ones(len(counts))
-    factors[present] = counts[present].sum() / (present.sum() * counts[present])
+    factors = balance_factors(np.bincount(out["y_train"]))
     out["w_train"] = (out["w_train"] * factors[out["y_train"]]).astype(np.float32)
     return out
 

@@ -10,6 +10,7 @@ import xgboost
 import xgboost.dask  # noqa: F401 - must be imported explicitly
 
 from mlaas_dask.errors import ConfigError
+from mlaas_dask.train.matrix import balance_factors
 
 DEFAULT_PARAMS: dict[str, Any] = {
     "tree_method": "hist",
@@ -47,11 +48,7 @@ def resolve_device(client: Any, requested: str) -> str:
 
 def balanced_weights(y: Any, w: Any, class_weight_totals: Sequence[float]) -> Any:
     """Scale event weights so that every class has the same total weight."""
-    totals = np.asarray(class_weight_totals, dtype=np.float64)
-    present = totals > 0
-    factors = np.ones_like(totals)
-    factors[present] = totals[present].sum() / (present.sum() * totals[present])
-    factors = factors.astype(np.float32)
+    factors = balance_factors(class_weight_totals).astype(np.float32)
     return w.map_blocks(lambda wb, yb: wb * factors[yb], y, dtype=np.float32)
 
 
