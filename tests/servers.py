@@ -52,6 +52,18 @@ def wait_for_port(port: int, timeout: float = 15.0, process: subprocess.Popen | 
     raise RuntimeError(f"nothing listens on {LOCALHOST}:{port} after {timeout} s")
 
 
+def stop_process(process: subprocess.Popen, sig: int = signal.SIGTERM,
+                 timeout: float = 10.0) -> None:
+    """Send ``sig`` to a running process, then kill it if it has not exited in time."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def _set_pdeathsig() -> None:
     import ctypes
 
@@ -130,13 +142,8 @@ class XRootDServer:
         return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, signal.SIGTERM)
         self.process = None
 
     def close(self) -> None:
@@ -232,13 +239,8 @@ http {{
         return self.access_log.read_text().splitlines() if self.access_log.exists() else []
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGQUIT)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, signal.SIGQUIT)
         self.process = None
 
     def close(self) -> None:

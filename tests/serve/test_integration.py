@@ -19,6 +19,7 @@ import pytest
 from mlaas_dask.bundle import ModelBundle
 from mlaas_dask.client import Client, ServerError
 from mlaas_dask.errors import MlaasError
+from servers import stop_process
 
 from .conftest import AUTH, TOKEN, TUTORIAL, LiveServer, Trained, read_events, wait_ready
 
@@ -176,13 +177,7 @@ def _start_cli(args: list[str], env: dict[str, str] | None = None) -> subprocess
 
 
 def _stop(process: subprocess.Popen[bytes]) -> str:
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    stop_process(process, signal.SIGINT, timeout=20)
     assert process.stdout is not None
     with process.stdout:
         return process.stdout.read().decode()
