@@ -112,6 +112,48 @@ def test_sliced_partitions_give_the_same_rows() -> None:
                                   whole[ak.to_numpy(events.MET_px > 0)])
 
 
+def _pad_reference(values: ak.Array, n: int, sort: bool) -> np.ndarray:
+    if sort:
+        values = values[ak.argsort(values, ascending=False, stable=True)]
+    return ak.to_numpy(ak.fill_none(ak.pad_none(values, n, clip=True), np.nan))
+
+
+@pytest.mark.parametrize("sort", [False, True])
+def test_dense_and_sparse_slots_match_pad_none(sort: bool) -> None:
+    # slot 0 is filled in 98% of events (written by a gather over every row), slot 2 in a
+    # third of them (written by a scatter to the rows that have one)
+    rng = np.random.default_rng(5)
+    counts = np.where(rng.random(2_000) < 0.98, rng.integers(1, 4, 2_000), 0)
+    x = ak.unflatten(rng.normal(size=counts.sum()).astype(np.float32), counts)
+    spec = FeatureSpec(collections={"J": Collection("J", ["x"], n=3,
+                                                    sort_by="x" if sort else None)})
+    X = spec.transform({"J_x": x})
+    np.testing.assert_array_equal(X[:, 0], counts)
+    np.testing.assert_array_equal(X[:, 1:], _pad_reference(x, 3, sort))
+
+
+def test_kept_events_in_any_order_give_the_same_rows() -> None:
+    spec = tutorial_spec()
+    with uproot.open(HEP_TUTORIAL / "ww.root") as f:
+        events = f["events"].arrays(spec.branches(), entry_stop=500)
+    keep = np.random.default_rng(1).permutation(500)[:321]
+    X, _ = spec.transform_with_stats(events, keep)
+    np.testing.assert_array_equal(X, spec.transform(events)[keep])
+
+
+def test_non_finite_inputs_are_counted_in_kept_events_only() -> None:
+    spec = FeatureSpec(flat=["a"], collections={"J": Collection("J", ["x"], n=2)},
+                       derived={"b": "a * 2"})
+    events = {"a": np.array([np.inf, 1.0, np.nan, 2.0], dtype=np.float32),
+              "J_x": ak.Array([[np.nan, 1.0], [2.0], [np.inf, np.inf, 3.0], []])}
+    X, nonfinite = spec.transform_with_stats(events, np.array([3, 2]))
+    assert nonfinite == {"a": 1, "J_x": 2}
+    np.testing.assert_array_equal(X[0], [2.0, 0, np.nan, np.nan, 4.0])
+    np.testing.assert_array_equal(X[1], [np.nan, 3, np.nan, np.nan, np.nan])
+    _, everything = spec.transform_with_stats(events)
+    assert everything == {"a": 2, "J_x": 3}
+
+
 def test_estimate_n_is_a_quantile() -> None:
     assert estimate_n(np.array([0, 1, 1, 2, 2, 2, 3, 9]), 0.5) == 2
     assert estimate_n(np.zeros(10, int)) == 1

@@ -224,6 +224,9 @@ def _check_header(path: Path) -> None:
 def _open(location: str | Path) -> Any:
     import uproot
 
+    from mlaas_dask.data.decompression import use_fastest_zlib
+
+    use_fastest_zlib()
     if isinstance(location, str) and location.startswith("root://"):
         from mlaas_dask.extras import require
 

@@ -423,6 +423,9 @@ def open_root(url: str, policy: ReadPolicy, fresh: bool = False) -> Any:
     new filesystem object (new connections), not the cached one."""
     import uproot
 
+    from mlaas_dask.data.decompression import use_fastest_zlib
+
+    use_fastest_zlib()
     if not is_remote(url) and not os.path.exists(url):
         raise FileNotFoundError(errno.ENOENT, "no such file", url)
     if not is_remote(url) and not os.access(url, os.R_OK):

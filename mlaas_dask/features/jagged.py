@@ -2,7 +2,7 @@
 
 Working on the offsets and contents of a jagged array with a handful of vectorised gathers
 is several times faster than ``ak.pad_none`` + ``ak.fill_none`` + ``ak.to_numpy`` per field
-(measured in ``benchmarks/bench_features.py``).
+(measured in ``benchmarks/bench_read_features.py``).
 """
 
 from __future__ import annotations
@@ -44,68 +44,99 @@ def order_within_events(
     """Indices into ``key`` that sort every event's objects by ``key``, or ``None`` if
     they are already in that order (the common case: NanoAOD stores jets by falling pt).
 
-    NaN keys go last. The sort is stable, so ties keep their stored order.
+    ``offsets`` index ``key`` directly. NaN keys go last. The sort is stable, so ties keep
+    their stored order.
     """
     start, stop = int(offsets[0]), int(offsets[-1])
     if stop - start < 2:
         return None
+    values = key[start:stop]
+    if values.dtype.kind not in "f" or np.isfinite(values.sum(dtype=np.float64)):
+        # no NaN: one comparison pass over the stored values, no copy
+        wrong_way = np.greater if descending else np.less
+        step_out_of_order = wrong_way(values[1:], values[:-1])
+    else:
+        values = values.astype(np.float64)
+        if descending:
+            values = -values
+        values[np.isnan(values)] = np.inf  # NaN last, whatever the direction
+        step_out_of_order = np.diff(values) < 0
+    # steps across an event boundary do not count
+    boundary = offsets[1:-1] - start - 1
+    step_out_of_order[boundary[(boundary >= 0) & (boundary < step_out_of_order.size)]] = False
+    if not step_out_of_order.any():
+        return None
     values = key[start:stop].astype(np.float64)
     if descending:
         values = -values
-    values[np.isnan(values)] = np.inf  # NaN last, whatever the direction
+    values[np.isnan(values)] = np.inf
     counts = np.diff(offsets)
-    # a step down inside one event means the objects are not yet in order
-    step_down = np.diff(values) < 0
-    last_of_event = offsets[1:-1] - start - 1
-    step_down[last_of_event[(last_of_event >= 0) & (last_of_event < step_down.size)]] = False
-    if not step_down.any():
-        return None
     parents = np.repeat(np.arange(counts.size), counts)
     return np.lexsort((values, parents)) + start
 
 
 @dataclass(frozen=True)
-class Slots:
-    """Where each kept object goes: flat positions in a column-major (Fortran-ordered)
-    events x columns matrix, relative to its first column, and the content index it
-    comes from."""
+class Slot:
+    """Where one slot's objects come from, for every output row.
 
-    target: np.ndarray
-    source: np.ndarray
+    Dense (most events have an object in this slot): ``sources`` has one content index per
+    row and ``missing`` marks the rows without an object. Sparse: ``rows`` are the rows
+    with an object and ``sources`` their content indices.
+    """
+
+    sources: np.ndarray
+    rows: np.ndarray | None = None
+    missing: np.ndarray | None = None
 
 
-def slots(offsets: np.ndarray, n: int, order: np.ndarray | None = None) -> Slots:
-    """The first ``n`` objects of every event, as :class:`Slots` for :func:`fill_slots`.
+def slots(offsets: np.ndarray, n: int, order: np.ndarray | None = None,
+          events: np.ndarray | None = None) -> list[Slot]:
+    """The first ``n`` objects of every event, slot by slot, for :func:`fill_slots`.
 
     ``order`` (from :func:`order_within_events`) reorders each event's objects first.
-    Computed once per collection, then reused for each of its fields. Targets are grouped
-    by slot, so the writes of :func:`fill_slots` run through each column in order.
+    ``events``, when given, are the events to keep, in output order (output row ``i`` is
+    event ``events[i]``); by default every event, in stored order. Computed once per
+    collection, then reused for each of its fields.
     """
-    events = offsets.size - 1
+    starts = offsets[:-1]
     counts = np.diff(offsets)
-    small = events * (n + 1) < 2**31 and offsets[-1] < 2**31
-    dtype = np.int32 if small else np.int64  # half the memory traffic when it fits
-    starts = offsets[:-1].astype(dtype)
-    targets, sources = [], []
+    if events is not None:
+        starts, counts = starts[events], counts[events]
+    found = []
     for slot in range(n):
-        rows = np.flatnonzero(counts > slot).astype(dtype, copy=False)
-        if rows.size == 0:
-            break
-        targets.append(rows + dtype(slot * events))
-        sources.append(starts[rows] + dtype(slot))
-    if not targets:
-        return Slots(np.zeros(0, dtype), np.zeros(0, dtype))
-    source = np.concatenate(sources)
-    if order is not None:
-        source = order[source - offsets[0]]
-    return Slots(np.concatenate(targets), source)
+        present = counts > slot
+        kept = int(np.count_nonzero(present))
+        if kept >= 0.95 * counts.size:  # dense: a gather per row beats a scatter
+            sources = starts + slot
+            missing = ~present
+            sources[missing] = offsets[0]  # any valid index; overwritten with NaN
+            found.append(Slot(_reorder(sources, order, offsets),
+                              missing=missing if kept < counts.size else None))
+        else:
+            rows = np.flatnonzero(present)  # intp: numpy indexes without a cast
+            found.append(Slot(_reorder(starts[rows] + slot, order, offsets), rows=rows))
+    return found
 
 
-def fill_slots(out: np.ndarray, column: int, where: Slots, content: np.ndarray) -> None:
-    """Write ``content`` of the kept objects into ``out[:, column:column + n]``.
+def _reorder(sources: np.ndarray, order: np.ndarray | None, offsets: np.ndarray) -> np.ndarray:
+    return sources if order is None else order[sources - offsets[0]]
 
-    ``out`` must be Fortran-ordered. Slots past an event's multiplicity are left as they
-    are (NaN when ``out`` was made with ``np.full(..., np.nan, order="F")``).
+
+def fill_slots(out: np.ndarray, column: int, where: list[Slot], content: np.ndarray) -> None:
+    """Write ``content`` of the kept objects into ``out[:, column:column + n]``, and NaN
+    where an event has no object.
+
+    ``out`` should be column-major, so that every write runs through one contiguous column.
     """
-    flat = out.T.reshape(-1)  # a view: out is column-major
-    flat[where.target + column * out.shape[0]] = content[where.source]
+    for slot, where_slot in enumerate(where):
+        target = out[:, column + slot]
+        if where_slot.rows is None:
+            if content.dtype == target.dtype and target.flags.contiguous:
+                np.take(content, where_slot.sources, out=target, mode="clip")  # unbuffered
+            else:
+                target[:] = content[where_slot.sources]
+            if where_slot.missing is not None:
+                target[where_slot.missing] = np.nan
+        else:
+            target.fill(np.nan)
+            target[where_slot.rows] = content[where_slot.sources]

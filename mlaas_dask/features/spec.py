@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -256,8 +256,16 @@ class FeatureSpec:
         """
         return self.transform_with_stats(events)[0]
 
-    def transform_with_stats(self, events: Any) -> tuple[np.ndarray, dict[str, int]]:
-        """:meth:`transform`, plus the number of non-finite input values per branch."""
+    def transform_with_stats(
+        self, events: Any, keep: np.ndarray | None = None
+    ) -> tuple[np.ndarray, dict[str, int]]:
+        """:meth:`transform`, plus the number of non-finite input values per branch.
+
+        ``keep``, when given, are the indices of the events to transform, in the order of
+        the output rows (row ``i`` is event ``keep[i]``): a selection cut and a reordering
+        (e.g. by split) done in the same pass, without copying the events or the matrix.
+        Non-finite values are counted in the kept events only.
+        """
         if not self.is_resolved:
             self.feature_names  # raises the explanation
         available = _field_names(events)
@@ -268,27 +276,30 @@ class FeatureSpec:
                 + did_you_mean(missing[0], available, "branches")
             )
         n_events = _length(events)
-        # column-major: every column is written in one contiguous pass, and the row
-        # selections done later (splits, cuts) come out row-major, as XGBoost likes them
-        out = np.full((n_events, self.n_features), np.nan, dtype=np.float32, order="F")
+        selection = _Selection(keep, n_events)
+        # column-major: every column is written in one contiguous pass (each one in full:
+        # no NaN prefill needed)
+        out = np.empty((selection.size, self.n_features), dtype=np.float32, order="F")
         nonfinite: dict[str, int] = {}
         column = 0
         for name in self.flat:
-            values = _flat_values(events[name], name)
+            values = selection.take(_flat_values(events[name], name))
             _count_nonfinite(values, name, nonfinite)
             out[:, column] = values
             column += 1
         for collection in self.collections.values():
-            column = self._fill_collection(events, collection, out, column, nonfinite)
+            column = self._fill_collection(events, collection, out, column, nonfinite,
+                                           selection)
         if self._derived:
             namespace = _LazyNamespace(events)
             for name, expression in self._derived.items():
                 value = _as_column(expression(namespace), n_events, f"derived feature {name!r}")
+                namespace.values[name] = value
+                value = selection.take(value)
                 infinite = np.isinf(value)
                 if infinite.any():
                     value = np.where(infinite, np.float32(np.nan), value)
                 out[:, column] = value
-                namespace.values[name] = value
                 column += 1
         if nonfinite:
             out[np.isinf(out)] = np.nan
@@ -296,7 +307,7 @@ class FeatureSpec:
 
     def _fill_collection(
         self, events: Any, collection: Collection, out: np.ndarray, column: int,
-        nonfinite: dict[str, int],
+        nonfinite: dict[str, int], selection: _Selection,
     ) -> int:
         assert collection.n is not None
         stored: dict[str, np.ndarray] = {}
@@ -321,9 +332,10 @@ class FeatureSpec:
                 )
             # re-base onto the first field's offsets so every field shares one index
             stored[fld] = content[these_offsets[0]:these_offsets[-1]]
-            _count_nonfinite(stored[fld], branch, nonfinite)
         assert offsets is not None
         offsets = offsets - offsets[0]
+        for fld, branch in zip(collection.stored_fields(), collection.branches(), strict=True):
+            _count_nonfinite(stored[fld], branch, nonfinite, lambda: selection.objects(offsets))
         values: dict[str, np.ndarray] = dict(stored)
         for key, expression in collection._derived.items():
             values[key] = np.asarray(expression(stored), dtype=np.float64)
@@ -339,9 +351,9 @@ class FeatureSpec:
                 offsets, values[collection.sort_by], descending=not collection.ascending
             )
         if collection.multiplicity:
-            out[:, column] = np.diff(offsets)
+            out[:, column] = selection.take(np.diff(offsets))
             column += 1
-        where = slots(offsets, collection.n, order)
+        where = slots(offsets, collection.n, order, selection.keep)
         for fld in collection.fields:
             fill_slots(out, column, where, values[fld])
             column += collection.n
@@ -488,14 +500,40 @@ def _as_column(value: Any, n_events: int, what: str) -> np.ndarray:
     return np.asarray(value, dtype=np.float32)
 
 
-def _count_nonfinite(values: np.ndarray, name: str, counts: dict[str, int]) -> None:
+class _Selection:
+    """The events a transform keeps, in output order (all of them when ``keep`` is None)."""
+
+    def __init__(self, keep: np.ndarray | None, n_events: int) -> None:
+        self.keep = None if keep is None else np.asarray(keep, dtype=np.intp)
+        self.n_events = n_events
+        self.size = n_events if keep is None else len(keep)
+
+    def take(self, values: np.ndarray) -> np.ndarray:
+        """Per-event ``values`` of the kept events."""
+        return values if self.keep is None else values[self.keep]
+
+    def objects(self, offsets: np.ndarray) -> np.ndarray | None:
+        """A mask of the objects that belong to kept events (None: all of them)."""
+        if self.keep is None:
+            return None
+        kept = np.zeros(self.n_events, dtype=bool)
+        kept[self.keep] = True
+        return np.repeat(kept, np.diff(offsets))
+
+
+def _count_nonfinite(values: np.ndarray, name: str, counts: dict[str, int],
+                     kept: Callable[[], np.ndarray | None] | None = None) -> None:
     """Add the number of NaN / inf in ``values`` to ``counts[name]`` (a cheap sum first:
-    it is finite when every value is, which is nearly always)."""
+    it is finite when every value is, which is nearly always). ``kept`` gives a mask of
+    the values to count, only computed when there is something to count."""
     if values.dtype.kind != "f" or values.size == 0:
         return
     with np.errstate(over="ignore", invalid="ignore"):
         if np.isfinite(values.sum()):
             return
+    mask = kept() if kept is not None else None
+    if mask is not None:
+        values = values[mask]
     count = int(values.size - np.count_nonzero(np.isfinite(values)))
     if count:
         counts[name] = counts.get(name, 0) + count

@@ -217,7 +217,7 @@ def _metadata(job: Any, dataset: Any, plan: Any, stats: dict[str, Any], classes:
 
     versions = {"python": platform.python_version()}
     for package in ("mlaas_dask", "xgboost", "uproot", "awkward", "dask", "distributed",
-                    "dask-awkward", "numpy"):
+                    "dask-awkward", "numpy", "isal"):
         try:
             versions[package] = version(package)
         except PackageNotFoundError:

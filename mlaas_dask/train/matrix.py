@@ -50,36 +50,36 @@ class Matrices:
 
 
 def process_partition(events: Any, partition: Partition, plan: PartitionPlan) -> dict[str, Any]:
-    """Cut, features, labels, weights and split of one partition (runs on a worker)."""
+    """Cut, features, labels, weights and split of one partition (runs on a worker).
+
+    The split of every event is known before the features are made, so the matrix is
+    written once with its rows grouped by split: each split is a view of it, not a copy.
+    """
     read = len(events)
+    split = assign_split(_ids(events, partition, plan), *plan.fractions, plan.seed)
     if plan.cut:
-        mask = _cut_mask(events, plan.cut)
-        events = events[mask]
-    selected = len(events)
-    X, nonfinite = plan.spec.transform_with_stats(events)
-    y = _labels(events, partition, plan)
+        split[~_cut_mask(events, plan.cut)] = len(SPLIT_NAMES)  # sorts after the splits
+    # a stable sort of small integers: a linear-time radix sort in numpy
+    keep = np.argsort(split, kind="stable")
+    bounds = np.searchsorted(split[keep], np.arange(len(SPLIT_NAMES) + 1))
+    keep = keep[:bounds[-1]]
+    selected = len(keep)
+    X, nonfinite = plan.spec.transform_with_stats(events, keep)
+    y = _labels(events, partition, plan, keep)
     w = np.full(selected, plan.group_weights[partition.group], dtype=np.float32)
     if plan.weight_branch:
-        branch = np.asarray(events[plan.weight_branch], dtype=np.float32)
+        branch = np.asarray(events[plan.weight_branch], dtype=np.float32)[keep]
         nonfinite_w = ~np.isfinite(branch)
         if nonfinite_w.any():
             nonfinite[plan.weight_branch] = int(nonfinite_w.sum())
             branch = np.where(nonfinite_w, 0.0, branch).astype(np.float32)
         w *= branch
-    if plan.id_branches:
-        ids = [np.asarray(events[b]) for b in plan.id_branches]
-    else:
-        entry = np.arange(partition.start, partition.stop)
-        if plan.cut:
-            entry = entry[np.asarray(mask)]
-        ids = [np.full(selected, file_key(partition.path), dtype=np.uint64), entry]
-    split = assign_split(ids, *plan.fractions, plan.seed)
     out: dict[str, Any] = {
         "stats": {"read": read, "selected": selected, "nonfinite": nonfinite,
                   "group": partition.group},
     }
     for index, name in enumerate(SPLIT_NAMES):
-        rows = split == index
+        rows = slice(bounds[index], bounds[index + 1])
         out[name] = (X[rows], y[rows], w[rows])
         out["stats"][name] = np.bincount(y[rows], minlength=plan.n_classes).tolist()
         out["stats"][f"{name}_weight"] = np.bincount(
@@ -87,10 +87,19 @@ def process_partition(events: Any, partition: Partition, plan: PartitionPlan) ->
     return out
 
 
-def _labels(events: Any, partition: Partition, plan: PartitionPlan) -> np.ndarray:
+def _ids(events: Any, partition: Partition, plan: PartitionPlan) -> list[np.ndarray]:
+    """The identity of every event: its id branches, else (file, entry)."""
+    if plan.id_branches:
+        return [np.asarray(events[b]) for b in plan.id_branches]
+    entries = np.arange(partition.start, partition.start + len(events))
+    return [np.full(len(events), file_key(partition.path), dtype=np.uint64), entries]
+
+
+def _labels(events: Any, partition: Partition, plan: PartitionPlan,
+            keep: np.ndarray) -> np.ndarray:
     if not plan.label_branch:
-        return np.full(len(events), plan.labels[partition.group], dtype=np.int32)
-    values = np.asarray(events[plan.label_branch])
+        return np.full(len(keep), plan.labels[partition.group], dtype=np.int32)
+    values = np.asarray(events[plan.label_branch])[keep]
     labels = values.astype(np.int32)
     bad = (labels != values) | (labels < 0) | (labels >= plan.n_classes)
     if bad.any():

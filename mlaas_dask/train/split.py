@@ -20,21 +20,25 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser, vectorised."""
+    """splitmix64's finaliser, vectorised, in place on ``x`` (a fresh uint64 array)."""
     with np.errstate(over="ignore"):
-        x = x + _GOLDEN
-        x = (x ^ (x >> np.uint64(30))) * _M1
-        x = (x ^ (x >> np.uint64(27))) * _M2
-        return x ^ (x >> np.uint64(31))
+        x += _GOLDEN
+        x ^= x >> np.uint64(30)
+        x *= _M1
+        x ^= x >> np.uint64(27)
+        x *= _M2
+        x ^= x >> np.uint64(31)
+        return x
 
 
 def event_hash(ids: Sequence[np.ndarray], seed: int) -> np.ndarray:
     """A uniform float in [0, 1) per event from its id columns and a seed."""
     if not ids:
         raise ValueError("at least one id column is needed")
-    h = np.full(len(ids[0]), np.uint64(seed & 0xFFFFFFFFFFFFFFFF), dtype=np.uint64)
+    h = _mix(np.full(len(ids[0]), np.uint64(seed & 0xFFFFFFFFFFFFFFFF), dtype=np.uint64))
     for column in ids:
-        h = _mix(h ^ _mix(np.asarray(column).astype(np.uint64)))
+        h ^= np.asarray(column).astype(np.uint64, copy=False)
+        h = _mix(h)  # a bijection: distinct ids stay distinct, and their bits are mixed
     return (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
