@@ -446,6 +446,18 @@ def _sleep(seconds: float) -> float:
     return seconds
 
 
+def _malloc_trim() -> str | None:
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_")
+
+
+@pytest.mark.parametrize(("trim", "expected"), [(False, None), (True, "65536")])
+def test_local_workers_keep_glibc_memory_tuning_unless_asked(trim: bool,
+                                                             expected: str | None) -> None:
+    # Dask's MALLOC_TRIM_THRESHOLD_ makes every array over 128 KiB a fresh mmap: slower
+    with connect({"type": "local", "workers": 1, "trim_memory": trim}) as client:
+        assert list(client.run(_malloc_trim).values()) == [expected]
+
+
 def test_adaptive_local_cluster_scales_up_under_load() -> None:
     with connect({"type": "local", "adapt": {"minimum": 1, "maximum": 2},
                   "scheduler": {"host": "127.0.0.1"}}) as adaptive:
@@ -458,6 +470,8 @@ def test_adaptive_local_cluster_scales_up_under_load() -> None:
             time.sleep(0.2)
         assert peak == 2, "the adaptive cluster did not add its second worker"
         assert sum(adaptive.gather(futures)) == 12
+        # a worker added later keeps glibc's own memory tuning too
+        assert set(adaptive.run(_malloc_trim).values()) == {None}
         assert describe(adaptive)["cluster"]["options"]["adapt"] == {"minimum": 1,
                                                                      "maximum": 2}
 

@@ -211,11 +211,17 @@ def worker_nanny() -> type:
     import dask
     from distributed import Nanny
 
+    dask_default = str(dask.config.get(_TRIM, default=65536))
+
     class WorkerNanny(Nanny):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             # read from the config when the Nanny is made (also by adaptive scaling)
             with dask.config.set({_TRIM: None}):
                 super().__init__(*args, **kwargs)
+            # a plain Nanny started earlier in this process left Dask's value in our
+            # environment, which the worker process would inherit
+            if os.environ.get("MALLOC_TRIM_THRESHOLD_") == dask_default:
+                del os.environ["MALLOC_TRIM_THRESHOLD_"]
 
     return WorkerNanny
 
