@@ -25,12 +25,17 @@ class Preprocess:
     mean: tuple[float, ...] | None = None
     scale: tuple[float, ...] | None = None
 
-    def apply(self, matrix: np.ndarray) -> np.ndarray:
-        """The preprocessed float32 matrix (a new array; the input is not changed)."""
-        out = np.where(np.isnan(matrix), np.float32(self.fill_value), matrix).astype(
-            np.float32, copy=False)
+    def apply(self, matrix: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The preprocessed float32 matrix: a new row-major array, or ``out`` when given
+        (any float32 array of the same shape; it may be ``matrix`` itself)."""
+        if out is None:
+            out = np.empty(matrix.shape, dtype=np.float32)
+        if out is not matrix:
+            out[...] = matrix
+        np.copyto(out, np.float32(self.fill_value), where=np.isnan(out))
         if self.mean is not None and self.scale is not None:
-            out = (out - np.asarray(self.mean, np.float32)) / np.asarray(self.scale, np.float32)
+            out -= np.asarray(self.mean, np.float32)
+            out /= np.asarray(self.scale, np.float32)
         return out
 
     def to_dict(self) -> dict[str, Any]:
