@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from conftest import write_events
-from mlaas_dask.cluster.placement import Placement, select_workers
+from mlaas_dask.cluster.placement import Placement, one_per_host, select_workers
 from mlaas_dask.errors import ConfigError
 
 CPU = {"name": "cpu-0", "resources": {}}
@@ -47,6 +47,33 @@ GPU = {"name": "gpu-0", "resources": {"GPU": 1}}
 def test_select_workers(workers: dict[str, Any], rule: str, stage: str, device: str,
                         expected: list[str] | None) -> None:
     assert select_workers(workers, rule, stage, device) == expected
+
+
+def test_one_worker_per_machine_with_the_machines_threads() -> None:
+    def worker(host: str, threads: int = 1) -> dict[str, Any]:
+        return {"host": host, "nthreads": threads}
+
+    assert one_per_host({"tcp://a:1": worker("a"), "tcp://a:2": worker("a")}) == (
+        ["tcp://a:1"], 2)
+    # two machines, four and two threads: one worker on each, the fewer threads for all
+    workers = {"tcp://a:1": worker("a", 2), "tcp://a:2": worker("a", 2),
+               "tcp://b:1": worker("b"), "tcp://b:2": worker("b")}
+    assert one_per_host(workers) == (["tcp://a:1", "tcp://b:1"], 2)
+    # one worker per machine already: nothing to gather
+    assert one_per_host({"tcp://a:1": worker("a", 4), "tcp://b:1": worker("b", 4)}) is None
+
+
+def test_training_is_not_gathered_beyond_the_workers_memory() -> None:
+    from mlaas_dask.cluster.placement import PACK_MEMORY_FRACTION, StagePlan
+
+    workers = {a: {"host": "a", "nthreads": 1, "memory_limit": 1000}
+               for a in ("tcp://a:1", "tcp://a:2")}
+    fits = StagePlan(None, Placement(), None)
+    fits._pack(workers, int(PACK_MEMORY_FRACTION * 1000) - 1, lambda *a: None)
+    assert (fits.train_workers, fits.train_threads) == (["tcp://a:1"], 2)
+    too_big = StagePlan(None, Placement(), None)
+    too_big._pack(workers, int(PACK_MEMORY_FRACTION * 1000) + 1, lambda *a: None)
+    assert (too_big.train_workers, too_big.train_threads) == (None, None)
 
 
 def test_a_rule_that_matches_no_worker_is_an_error() -> None:
@@ -136,7 +163,7 @@ def test_training_runs_on_the_gpu_tagged_worker_and_reading_does_not(tmp_path: P
 
 
 @pytest.mark.slow
-def test_without_gpu_workers_nothing_is_restricted(tmp_path: Path, client: Any) -> None:
+def test_without_gpu_workers_reading_is_not_restricted(tmp_path: Path, client: Any) -> None:
     from mlaas_dask.job import job_from_text
     from mlaas_dask.train import train
 
@@ -147,6 +174,10 @@ def test_without_gpu_workers_nothing_is_restricted(tmp_path: Path, client: Any) 
                    log=lambda *a: None)
     placement = result.metadata["placement"]
     assert placement["read_features"]["restricted_to"] is None
-    assert placement["train"]["restricted_to"] is None
     assert placement["read_features"]["workers"]  # recorded all the same
+    # two workers on one machine: XGBoost trains on one of them with both threads
+    assert len(placement["train"]["restricted_to"]) == 1
+    assert placement["train"]["workers"] == placement["train"]["restricted_to"]
+    assert placement["train"]["threads_per_worker"] == 2
+    assert result.metadata["model"]["params"]["nthread"] == 2
     assert result.metadata["cluster"]["cluster"] == {"name": "client", "type": "client"}

@@ -11,6 +11,13 @@ A rule is ``auto``, ``any`` (no restriction), ``cpu`` (workers without a GPU tag
 (workers tagged GPU) or any other resource tag. Restrictions are worker lists taken when the
 stage starts; a stage that may run anywhere gets no restriction at all, so adaptive
 clusters keep scaling freely.
+
+Reading scales with processes (uproot and numpy hold the GIL between decompressions),
+XGBoost on CPU with threads: processes must exchange histograms every tree level. So with
+``train: auto`` on CPU, when a machine runs several workers, the training splits are
+gathered on one worker per machine, which trains with the threads of all that machine's
+workers -- unless the data would take more than :data:`PACK_MEMORY_FRACTION` of that
+worker's memory limit.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from typing import Any
 from mlaas_dask.errors import ConfigError
 
 GPU = "GPU"
+#: the most of a worker's memory limit that training data gathered on it may take
+PACK_MEMORY_FRACTION = 0.4
 KEYWORDS = ("auto", "any", "cpu", "gpu")
 STAGES = ("read", "train")
 
@@ -104,6 +113,20 @@ def select_workers(
     return None if len(chosen) == len(workers) else sorted(chosen)
 
 
+def one_per_host(workers: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], int] | None:
+    """One worker per machine, and the threads all workers of a machine have together (the
+    fewest over machines), when some machine runs several workers; else None."""
+    hosts: dict[str, list[str]] = {}
+    for address, info in workers.items():
+        hosts.setdefault(str(info.get("host") or address.rsplit(":", 1)[0]), []).append(address)
+    if all(len(addresses) == 1 for addresses in hosts.values()):
+        return None
+    chosen = sorted(min(addresses) for addresses in hosts.values())
+    threads = min(sum(int(workers[a].get("nthreads") or 1) for a in addresses)
+                  for addresses in hosts.values())
+    return chosen, threads
+
+
 def worker_names(workers: Mapping[str, Mapping[str, Any]], addresses: Iterable[str]) -> list[str]:
     """Worker names (as the scheduler knows them) for addresses, in address order."""
     return [str(workers.get(a, {}).get("name", a)) for a in sorted(set(addresses))]
@@ -147,6 +170,8 @@ class StagePlan:
     placement: Placement
     read_workers: list[str] | None
     train_workers: list[str] | None = None
+    #: XGBoost threads per training worker, when training was gathered on fewer workers
+    train_threads: int | None = None
     ran_on: dict[str, list[str]] | None = None
 
     @classmethod
@@ -171,10 +196,13 @@ class StagePlan:
 
         workers = self.client.scheduler_info().get("workers", {})
         self.train_workers = select_workers(workers, self.placement.train, "train", device)
+        splits = ("train", "validation")
+        if not self.train_workers and self.placement.train == "auto" and device == "cpu":
+            size = sum(d[s].nbytes for s in splits for d in (X, y, w))
+            self._pack(workers, size, log)
         if not self.train_workers:
             return X, y, w
         log(f"Moving the training data to {', '.join(worker_names(workers, self.train_workers))}")
-        splits = ("train", "validation")
         # new keys (an identity per block): the originals may already be held elsewhere,
         # and a restriction only places tasks that have yet to run
         arrays = [d[s].map_blocks(carry_block, dtype=d[s].dtype) for s in splits for d in (X, y, w)]
@@ -187,6 +215,20 @@ class StagePlan:
                 out[which][split] = moved[index * 3 + which]
         return out
 
+    def _pack(self, workers: Mapping[str, Mapping[str, Any]], size: int, log: Any) -> None:
+        """Train on one worker per machine with all the machine's threads, if it fits."""
+        packed = one_per_host(workers)
+        if packed is None:
+            return
+        chosen, threads = packed
+        per_machine = size / len(chosen)
+        limits = [int(workers[a].get("memory_limit") or 0) for a in chosen]
+        if any(limit and per_machine > PACK_MEMORY_FRACTION * limit for limit in limits):
+            return
+        self.train_workers, self.train_threads = chosen, threads
+        log(f"XGBoost trains on one worker per machine with {threads} threads each "
+            f"({', '.join(worker_names(workers, chosen))}).")
+
     def ran(self, stage: str, addresses: Iterable[str]) -> None:
         assert self.ran_on is not None
         self.ran_on[stage] = sorted(set(addresses))
@@ -198,5 +240,8 @@ class StagePlan:
         rules = {"read_features": (self.placement.read, self.read_workers),
                  "train": (self.placement.train, self.train_workers),
                  "predict": ("any", None)}
-        return {stage: stage_record(self.client, rule, allowed, self.ran_on.get(stage, []))
-                for stage, (rule, allowed) in rules.items()}
+        record = {stage: stage_record(self.client, rule, allowed, self.ran_on.get(stage, []))
+                  for stage, (rule, allowed) in rules.items()}
+        if self.train_threads:
+            record["train"]["threads_per_worker"] = self.train_threads
+        return record

@@ -163,6 +163,8 @@ def _run(job: Any, client: Any, dataset: Any, spec: Any, plan: Any, out: Path,
     start = time.perf_counter()
     X, y, w = stages.move_for_training(device, matrices.X, matrices.y,
                                        {**matrices.w, "train": w_train}, log)
+    if stages.train_threads and not {"nthread", "n_jobs"} & set(params):
+        params["nthread"] = stages.train_threads
     booster, history = train_booster(
         client, X, y, w, params,
         job.model.num_boost_round, job.model.early_stopping_rounds,
