@@ -172,6 +172,9 @@ def _run(job: Any, client: Any, dataset: Any, spec: Any, plan: Any, out: Path,
     )
     timings["train"] = time.perf_counter() - start
     stages.ran("train", history.get("workers", []))
+    if stages.train_threads:  # predict on every worker again, with the worker's threads
+        threads = [w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values()]
+        booster.set_param({"nthread": max(1, min(threads))})
     del X, y, w
     start = time.perf_counter()
     test_scores = client.persist(predict(client, booster, matrices.X["test"]))
