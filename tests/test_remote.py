@@ -470,6 +470,28 @@ def test_skipped_partitions_are_reported_exactly(client: Any, tmp_path: Path,
     assert f"  {sig} (entries 0-1000, 1 attempts):" in log.text
 
 
+def test_predict_cli_reads_lfns_through_redirectors(one: Any, tmp_path: Path, xrootd: Any,
+                                                   proxy: FaultProxy, local_result: Any,
+                                                   served: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import pandas as pd
+
+    from mlaas_dask.cli import main
+
+    proxy.refuse()  # the first redirector is down: one retry, then the next one
+    down = f"root://127.0.0.1:{proxy.port}/"
+    code = main(["predict", str(local_result.bundle), "/store/mc/sig.root", "--out",
+                 str(tmp_path / "scores"), "--redirector", down, "--redirector",
+                 f"{xrootd.url}/", "--retries", "1", "--timeout", "10",
+                 "--cluster", one.scheduler.address, "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    scores = pd.read_parquet(tmp_path / "scores" / "scores.parquet")
+    with uproot.open(served / "store/mc/sig.root") as handle:
+        events = handle["Events"].arrays()
+    expected = ModelBundle.load(local_result.bundle).predict_events(events)
+    np.testing.assert_allclose(scores["score"].to_numpy(), expected, rtol=1e-6)
+
+
 def test_fail_policy_names_file_redirectors_and_cause(tmp_path: Path, xrootd: Any,
                                                       trust: Any) -> None:
     with pytest.raises(DataError) as err:

@@ -9,6 +9,8 @@ EPILOG = """\
 examples:
   mlaas predict bundles/demo data/sample/*.root --out scores/
   mlaas predict bundles/demo.tar.gz 'root://eos.example//store/x.root' --out scores/
+  mlaas predict bundles/demo /store/mc/x.root --out scores/ \
+      --redirector root://xrootd-cms.infn.it/ --redirector root://cms-xrd-global.cern.ch/
 
 Writes scores.parquet (file, entry, run/luminosityBlock/event when present, score) and
 one <stem>.scores.root per input file whose tree lines up entry for entry with the input:
@@ -34,6 +36,14 @@ def add_parser(subparsers: Any) -> None:
                              "tcp://host:port (default: local; see 'mlaas cluster')")
     parser.add_argument("--step-size", type=int, default=500_000,
                         help="events per partition (default: 500000)")
+    parser.add_argument("--redirector", action="append", default=[], metavar="URL",
+                        help="XRootD or HTTPS redirector for CMS logical file names "
+                             "(/store/...), tried in the order given; repeat for several")
+    parser.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                        help="seconds one open or read may take (default: 60)")
+    parser.add_argument("--retries", type=int, default=3, metavar="N",
+                        help="retries of a transient error at one place before the next "
+                             "is tried (default: 3)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace score files in a non-empty --out")
     parser.add_argument("--trust", action="append", default=[], metavar="TYPE",
@@ -48,6 +58,7 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mlaas_dask.bundle import ModelBundle
+    from mlaas_dask.data.remote import ReadPolicy
     from mlaas_dask.predict import predict_files
 
     log = (lambda *a, **k: None) if args.quiet else print
@@ -55,7 +66,9 @@ def run(args: argparse.Namespace) -> int:
                               allow_pickle=args.allow_pickle)
     result = predict_files(bundle, args.files, args.out, tree=args.tree,
                            cluster=args.cluster, step_size=args.step_size,
-                           overwrite=args.overwrite, progress=not args.quiet, log=log)
+                           overwrite=args.overwrite, progress=not args.quiet, log=log,
+                           policy=ReadPolicy(redirectors=tuple(args.redirector),
+                                             timeout=args.timeout, retries=args.retries))
     print(f"Scored {result.events:,} events -> {result.parquet}")
     for friend in result.friends:
         print(f"  friend tree: {friend}")
