@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import importlib
 import platform
 import time
 from dataclasses import dataclass
@@ -119,7 +120,7 @@ def _prepare(job: Any, log: Any) -> tuple[Any, Any, Any]:
 def _run(job: Any, client: Any, dataset: Any, spec: Any, plan: Any, out: Path,
          overwrite: bool, progress: bool, log: Any, t0: float,
          cluster_info: dict[str, Any], placement: Any = None) -> TrainResult:
-    from distributed import futures_of, wait
+    from distributed import fire_and_forget, futures_of, wait
 
     from mlaas_dask.cluster.placement import StagePlan, holders
     from mlaas_dask.train import metrics as metrics_module
@@ -165,6 +166,11 @@ def _run(job: Any, client: Any, dataset: Any, spec: Any, plan: Any, out: Path,
                                        {**matrices.w, "train": w_train}, log)
     if stages.train_threads and not {"nthread", "n_jobs"} & set(params):
         params["nthread"] = stages.train_threads
+    if stages.train_workers:  # the others predict next: they import XGBoost meanwhile
+        idle = sorted(set(client.scheduler_info()["workers"]) - set(stages.train_workers))
+        for address in idle:
+            fire_and_forget(client.submit(_warm_import, "xgboost", pure=False,
+                                          workers=[address], allow_other_workers=False))
     booster, history = train_booster(
         client, X, y, w, params,
         job.model.num_boost_round, job.model.early_stopping_rounds,
@@ -214,6 +220,10 @@ def _run_sklearn(job: Any, client: Any, dataset: Any, plan: Any, matrices: Any, 
     bundle, metrics = evaluate_and_write(client, fitted, matrices, classes, timings, t0, out,
                                          overwrite, plan.spec, metadata)
     return TrainResult(bundle, metrics, {**metadata, "model": fitted.model_metadata})
+
+
+def _warm_import(module: str) -> None:
+    importlib.import_module(module)
 
 
 def _metadata(job: Any, dataset: Any, plan: Any, stats: dict[str, Any], classes: list[str],
