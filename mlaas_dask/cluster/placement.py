@@ -202,7 +202,9 @@ class StagePlan:
             self._pack(workers, size, log)
         if not self.train_workers:
             return X, y, w
-        log(f"Moving the training data to {', '.join(worker_names(workers, self.train_workers))}")
+        if not self.train_threads:
+            log(f"Moving the training data to "
+                f"{', '.join(worker_names(workers, self.train_workers))}")
         # new keys (an identity per block): the originals may already be held elsewhere,
         # and a restriction only places tasks that have yet to run
         arrays = [d[s].map_blocks(carry_block, dtype=d[s].dtype) for s in splits for d in (X, y, w)]
@@ -226,8 +228,9 @@ class StagePlan:
         if any(limit and per_machine > PACK_MEMORY_FRACTION * limit for limit in limits):
             return
         self.train_workers, self.train_threads = chosen, threads
-        log(f"XGBoost trains on one worker per machine with {threads} threads each "
-            f"({', '.join(worker_names(workers, chosen))}).")
+        names = ", ".join(worker_names(workers, chosen))
+        log(f"XGBoost trains with {threads} threads on one worker per machine (worker "
+            f"{names}); moving the training and validation splits there.")
 
     def ran(self, stage: str, addresses: Iterable[str]) -> None:
         assert self.ran_on is not None
