@@ -56,23 +56,24 @@ def order_within_events(
         wrong_way = np.greater if descending else np.less
         step_out_of_order = wrong_way(values[1:], values[:-1])
     else:
-        values = values.astype(np.float64)
-        if descending:
-            values = -values
-        values[np.isnan(values)] = np.inf  # NaN last, whatever the direction
-        step_out_of_order = np.diff(values) < 0
+        step_out_of_order = np.diff(_ascending_key(values, descending)) < 0
     # steps across an event boundary do not count
     boundary = offsets[1:-1] - start - 1
     step_out_of_order[boundary[(boundary >= 0) & (boundary < step_out_of_order.size)]] = False
     if not step_out_of_order.any():
         return None
-    values = key[start:stop].astype(np.float64)
-    if descending:
-        values = -values
-    values[np.isnan(values)] = np.inf
     counts = np.diff(offsets)
     parents = np.repeat(np.arange(counts.size), counts)
-    return np.lexsort((values, parents)) + start
+    return np.lexsort((_ascending_key(values, descending), parents)) + start
+
+
+def _ascending_key(values: np.ndarray, descending: bool) -> np.ndarray:
+    """A float64 copy of ``values`` whose ascending order is the wanted one, NaN last."""
+    key = values.astype(np.float64)
+    if descending:
+        key = -key
+    key[np.isnan(key)] = np.inf  # NaN last, whatever the direction
+    return key
 
 
 @dataclass(frozen=True)
