@@ -9,7 +9,9 @@ counted, so that the noise of this shared machine hits them alike; each time is 
 - ``ratio_1worker_vs_uproot_same_decoder``: the same, with the baseline inflating ZLIB
   baskets with ISA-L as mlaas_dask does (what the features and Dask cost on top of the
   read itself);
-- ``ratio_2workers_vs_1``: two worker processes over one (target >= 1.7);
+- ``ratio_2workers_vs_1``: two worker processes over one (target >= 1.7), next to
+  ``uproot_2processes_vs_1``: the same files read by raw uproot (ISA-L) in two processes
+  over one -- what this machine allows two processes at all;
 - ``kernel_speedup_vs_pad_none``: FeatureSpec.transform over ak.pad_none + ak.fill_none +
   ak.to_numpy per field on the same in-memory events.
 
@@ -50,6 +52,30 @@ def uproot_baseline(job, decoder: str) -> tuple[float, int]:  # noqa: ANN001
                 arrays = handle["Events"].arrays(branches)
             n += len(arrays)
             del arrays
+    return time.perf_counter() - start, n
+
+
+def _uproot_files(paths: list[str], branches: list[str]) -> int:
+    import uproot
+    import uproot.compression
+
+    uproot.compression._decompress_ZLIB.library = "isal"
+    n = 0
+    for path in paths:
+        with uproot.open(path) as handle:
+            n += len(handle["Events"].arrays(branches))
+    return n
+
+
+def uproot_processes(pool, job, processes: int) -> tuple[float, int]:  # noqa: ANN001
+    """Raw uproot over the same files, split between ``processes`` processes."""
+    from mlaas_dask.train import _prepare
+
+    branches = list(_prepare(job, lambda *a: None)[0].branches)
+    paths = [str(p) for group in job.dataset.groups for p in group.files]
+    shares = [paths[i::processes] for i in range(processes)]
+    start = time.perf_counter()
+    n = sum(pool.map(_uproot_files, shares, [branches] * processes))
     return time.perf_counter() - start, n
 
 
@@ -112,12 +138,17 @@ def main() -> None:
     job = load(args.events, args.step_size)
     times: dict[str, list[float]] = {}
     counts = set()
-    with connect("local:1") as one, connect("local:2") as two:
+    from concurrent.futures import ProcessPoolExecutor
+
+    with connect("local:1") as one, connect("local:2") as two, \
+            ProcessPoolExecutor(2) as pool:
         for client in (one, two):
             client.run(_import_reader)
         runs = {"uproot_zlib": lambda: uproot_baseline(job, "zlib"),
                 "uproot_isal": lambda: uproot_baseline(job, "isal"),
-                "ours_1": lambda: ours(one, job), "ours_2": lambda: ours(two, job)}
+                "ours_1": lambda: ours(one, job), "ours_2": lambda: ours(two, job),
+                "uproot_isal_1process": lambda: uproot_processes(pool, job, 1),
+                "uproot_isal_2processes": lambda: uproot_processes(pool, job, 2)}
         for round_ in range(args.repeat + 1):
             for kind, run in runs.items():
                 seconds, n = run()
@@ -139,6 +170,8 @@ def main() -> None:
         "ratio_1worker_vs_uproot": round(t["uproot_zlib"] / t["ours_1"], 3),
         "ratio_1worker_vs_uproot_same_decoder": round(t["uproot_isal"] / t["ours_1"], 3),
         "ratio_2workers_vs_1": round(t["ours_1"] / t["ours_2"], 3),
+        "uproot_2processes_vs_1": round(t["uproot_isal_1process"]
+                                        / t["uproot_isal_2processes"], 3),
         "seconds": {kind: [round(v, 2) for v in values] for kind, values in times.items()},
         **kernel_vs_pad_none(job),
     }
