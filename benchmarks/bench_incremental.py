@@ -46,14 +46,14 @@ split: {{train: 0.85, validation: 0.0, test: 0.15, seed: 42}}
 def one_process(the_job, blocks: int, decoder: str) -> dict[str, float]:  # noqa: ANN001
     """uproot + FeatureSpec + preprocessing + partial_fit, all in this process."""
     import uproot
-    import uproot.compression
     from sklearn.linear_model import SGDClassifier
 
+    from mlaas_dask.data.decompression import set_zlib_decoder
     from mlaas_dask.features import Preprocess
     from mlaas_dask.train.split import assign_split
 
     spec = the_job.features
-    uproot.compression._decompress_ZLIB.library = decoder
+    set_zlib_decoder(decoder)
     start = time.perf_counter()
     X, y = [], []
     for group in the_job.dataset.groups:

@@ -36,30 +36,20 @@ def load(events: int, step: int):  # noqa: ANN201
     return job_from_text(sample_job(sample_files(events), step))
 
 
-def uproot_baseline(job, decoder: str) -> tuple[float, int]:  # noqa: ANN001
-    import uproot
-    import uproot.compression
-
+def _paths_and_branches(job) -> tuple[list[str], list[str]]:  # noqa: ANN001
     from mlaas_dask.train import _prepare
 
-    branches = _prepare(job, lambda *a: None)[0].branches  # the same ones we read
-    uproot.compression._decompress_ZLIB.library = decoder
-    start = time.perf_counter()
-    n = 0
-    for group in job.dataset.groups:
-        for path in group.files:
-            with uproot.open(path) as handle:
-                arrays = handle["Events"].arrays(branches)
-            n += len(arrays)
-            del arrays
-    return time.perf_counter() - start, n
+    branches = list(_prepare(job, lambda *a: None)[0].branches)  # the same ones we read
+    return [str(p) for group in job.dataset.groups for p in group.files], branches
 
 
-def _uproot_files(paths: list[str], branches: list[str]) -> int:
+def _uproot_files(paths: list[str], branches: list[str], decoder: str) -> int:
+    """Raw ``TTree.arrays`` of ``branches`` of every file, into memory; the events read."""
     import uproot
-    import uproot.compression
 
-    uproot.compression._decompress_ZLIB.library = "isal"
+    from mlaas_dask.data.decompression import set_zlib_decoder
+
+    set_zlib_decoder(decoder)
     n = 0
     for path in paths:
         with uproot.open(path) as handle:
@@ -67,15 +57,19 @@ def _uproot_files(paths: list[str], branches: list[str]) -> int:
     return n
 
 
-def uproot_processes(pool, job, processes: int) -> tuple[float, int]:  # noqa: ANN001
-    """Raw uproot over the same files, split between ``processes`` processes."""
-    from mlaas_dask.train import _prepare
+def uproot_baseline(job, decoder: str) -> tuple[float, int]:  # noqa: ANN001
+    paths, branches = _paths_and_branches(job)
+    start = time.perf_counter()
+    n = _uproot_files(paths, branches, decoder)
+    return time.perf_counter() - start, n
 
-    branches = list(_prepare(job, lambda *a: None)[0].branches)
-    paths = [str(p) for group in job.dataset.groups for p in group.files]
+
+def uproot_processes(pool, job, processes: int) -> tuple[float, int]:  # noqa: ANN001
+    """Raw uproot (ISA-L) over the same files, split between ``processes`` processes."""
+    paths, branches = _paths_and_branches(job)
     shares = [paths[i::processes] for i in range(processes)]
     start = time.perf_counter()
-    n = sum(pool.map(_uproot_files, shares, [branches] * processes))
+    n = sum(pool.map(_uproot_files, shares, [branches] * processes, ["isal"] * processes))
     return time.perf_counter() - start, n
 
 

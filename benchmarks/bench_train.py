@@ -48,16 +48,16 @@ def baseline(job_path: str, decoder: str) -> None:
     """The hand-written single-process version (run in a child process)."""
     import awkward as ak
     import uproot
-    import uproot.compression
     import xgboost
     from sklearn.metrics import roc_auc_score
 
+    from mlaas_dask.data.decompression import set_zlib_decoder
     from mlaas_dask.job import load_job
     from mlaas_dask.train.split import assign_split
 
     job = load_job(job_path)
     spec = job.features
-    uproot.compression._decompress_ZLIB.library = decoder
+    set_zlib_decoder(decoder)
     blocks, labels, splits = [], [], []
     for group in job.dataset.groups:
         for path in group.files:

@@ -11,24 +11,34 @@ object, which is the one set here. The output is byte for byte the same.
 
 from __future__ import annotations
 
+from typing import Any
+
+
+def _decompressor() -> Any:
+    import uproot.compression
+
+    return uproot.compression._decompress_ZLIB
+
+
 def use_fastest_zlib() -> str:
     """Make uproot inflate ZLIB baskets with ISA-L when ``isal`` is installed (in this
     process), and return the library now in use: ``"isal"`` or ``"zlib"``."""
-    import uproot.compression
-
-    decompressor = uproot.compression._decompress_ZLIB
-    if getattr(decompressor, "library", "zlib") != "zlib":
-        return str(decompressor.library)
+    if zlib_decoder() != "zlib":
+        return zlib_decoder()
     try:
         import isal.isal_zlib  # noqa: F401
     except ImportError:
         return "zlib"
-    decompressor.library = "isal"  # an instance attribute: writing is left as it is
+    set_zlib_decoder("isal")
     return "isal"
+
+
+def set_zlib_decoder(library: str) -> None:
+    """Make uproot inflate ZLIB baskets with ``library`` (``"zlib"``, ``"isal"``) in this
+    process; writing is left as it is (an attribute of the reading decompressor only)."""
+    _decompressor().library = library
 
 
 def zlib_decoder() -> str:
     """The library uproot inflates ZLIB baskets with in this process."""
-    import uproot.compression
-
-    return str(uproot.compression._decompress_ZLIB.library)
+    return str(getattr(_decompressor(), "library", "zlib"))

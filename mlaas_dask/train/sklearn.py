@@ -233,10 +233,7 @@ def _rows(array: np.ndarray, start: int, stop: int) -> np.ndarray:
 def _mix(pieces_x: list[np.ndarray], pieces_y: list[np.ndarray],
          preprocess: Preprocess) -> tuple[np.ndarray, np.ndarray]:
     out = np.empty((sum(len(p) for p in pieces_x), pieces_x[0].shape[1]), dtype=np.float32)
-    row = 0
-    for piece in pieces_x:
-        out[row:row + len(piece)] = piece
-        row += len(piece)
+    np.concatenate(pieces_x, out=out)
     return preprocess.apply(out, out=out), np.concatenate(pieces_y)
 
 
