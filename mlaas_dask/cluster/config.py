@@ -5,7 +5,8 @@ A cluster is named on the command line as ``--cluster NAME|PATH|tcp://host:port`
 - ``tcp://host:port`` (or ``tls://``): an existing Dask scheduler;
 - a path to a YAML file;
 - a NAME, looked up as ``NAME.yaml`` in ``$MLAAS_CLUSTERS`` (folders separated by
-  ``os.pathsep``), then ``./clusters/``, then the ``clusters/`` folder of this project;
+  ``os.pathsep``), then ``./clusters/``, then the cluster files installed with the package
+  (``clusters/`` of the source tree);
   ``local`` works without any file (one worker process per core);
 - ``NAME:N``: that cluster with N workers (local) or N batch jobs (SLURM, HTCondor, PBS),
   e.g. ``local:2`` or ``slurm:8``.
@@ -245,12 +246,20 @@ def cluster_from_text(text: str, name: str = "<cluster>") -> ClusterConfig:
 def search_path() -> list[Path]:
     """Folders searched for ``NAME.yaml``, in order."""
     dirs = [Path(p) for p in os.environ.get("MLAAS_CLUSTERS", "").split(os.pathsep) if p]
-    dirs += [Path.cwd() / "clusters", Path(__file__).resolve().parents[2] / "clusters"]
+    dirs += [Path.cwd() / "clusters", packaged_clusters()]
     unique: list[Path] = []
     for folder in dirs:
         if folder.resolve() not in [u.resolve() for u in unique]:
             unique.append(folder)
     return unique
+
+
+def packaged_clusters() -> Path:
+    """The cluster files installed with the package (``clusters/`` of the source tree,
+    shipped as ``mlaas_dask.clusters``)."""
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "clusters"
+    return installed if installed.is_dir() else package.parent / "clusters"
 
 
 def find_cluster_file(name: str) -> Path | None:
