@@ -69,8 +69,9 @@ def bench_one(job: Any, cluster: Any, out: Path, log: Any = print) -> dict[str, 
         row[f"{stage}_events"] = events[stage]
         row[f"{stage}_events_per_s"] = (events[stage] / seconds[stage]
                                         if seconds.get(stage) else None)
-    log(f"  {cluster}: AUC {row['auc']:.4f}, read+features {row['read_features_s']:.1f} s, "
-        f"train {row['train_s']:.1f} s, predict {row['predict_s']:.1f} s")
+    log(f"  {cluster}: AUC {_num(row['auc'], 4)}, read+features "
+        f"{_num(row['read_features_s'])} s, train {_num(row['train_s'])} s, predict "
+        f"{_num(row['predict_s'])} s")
     return row
 
 

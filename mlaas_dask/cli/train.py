@@ -68,10 +68,10 @@ def run(args: argparse.Namespace) -> int:
     metrics = result.metrics
     seconds = metrics["seconds"]
     print(f"Test AUC: {metrics['auc']:.4f}  ({metrics['events']:,} test events; "
-          f"best round {metrics['rounds']})")
-    print(f"Time: read+features {seconds['read_features']:.1f} s, train "
-          f"{seconds['train']:.1f} s, evaluate {seconds['evaluate']:.1f} s, total "
-          f"{seconds['total']:.1f} s")
+          f"{_how_fitted(metrics)})")
+    print("Time: " + ", ".join(f"{label} {seconds[key]:.1f} s" for key, label in (
+        ("read_features", "read+features"), ("train", "train"), ("evaluate", "evaluate"),
+        ("total", "total")) if key in seconds))
     print(f"Model bundle written to {result.bundle}")
     if args.archive:
         from mlaas_dask.bundle import export_archive
@@ -115,3 +115,14 @@ def _job(args: argparse.Namespace) -> Any:
         return None
     return job_from_dict(imported.job, Validator(f"MLaaS4HEP job {args.from_mlaas4hep}"),
                          base=Path.cwd())
+
+
+def _how_fitted(metrics: dict[str, Any]) -> str:
+    """XGBoost's best round, or how a scikit-learn model was fitted."""
+    if "rounds" in metrics:
+        return f"best round {metrics['rounds']}"
+    if metrics.get("fit") == "incremental":
+        return f"{metrics.get('epochs')} epochs of partial_fit over {metrics.get('blocks')} blocks"
+    if metrics.get("fit") == "sample":
+        return f"fitted on a sample of {metrics.get('sample_events'):,} events"
+    return f"fit: {metrics.get('fit', 'unknown')}"
