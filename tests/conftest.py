@@ -3,6 +3,7 @@ real Dask LocalCluster with worker processes on 127.0.0.1."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,26 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"The shared CMS Open Data files are expected at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip a test whose daemon or device is missing, but fail under CI=true, where
+    .ci/run has installed and started everything."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def require_programs(*programs: tuple[str, ...]) -> None:
+    """Each ``(program, debian_package, ...)`` is installed here (apt-get where allowed),
+    or the test skips with the install command as its reason (fails under CI=true)."""
+    from servers import MissingProgram, ensure_program
+
+    for program, *packages in programs:
+        try:
+            ensure_program(program, *packages)
+        except MissingProgram as err:
+            skip_or_fail(str(err))
 
 
 @pytest.fixture(scope="session")

@@ -31,6 +31,37 @@ from pathlib import Path
 LOCALHOST = "127.0.0.1"
 
 
+class MissingProgram(RuntimeError):
+    """A daemon the tests need is not installed and could not be installed here."""
+
+
+_install_tried: set[str] = set()
+
+
+def ensure_program(program: str, *packages: str) -> None:
+    """Make sure ``program`` is on PATH: install the Debian ``packages`` with apt-get when
+    this process may (root, or passwordless sudo), else raise :class:`MissingProgram`
+    whose message is the install command. ``MLAAS_NO_APT=1`` turns installing off."""
+    if shutil.which(program):
+        return
+    command = f"apt-get install {' '.join(packages)}"
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    may_install = (os.environ.get("MLAAS_NO_APT") != "1" and program not in _install_tried
+                   and shutil.which("apt-get") and (not sudo or shutil.which("sudo")))
+    _install_tried.add(program)
+    if may_install:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for step in (["apt-get", "update", "-qq"],
+                     ["apt-get", "install", "-y", "-qq", *packages]):
+            done = subprocess.run([*sudo, *step], env=env, capture_output=True, text=True,
+                                  timeout=900, check=False)
+            if done.returncode != 0:
+                raise MissingProgram(f"{program} is not installed and '{' '.join(step)}' "
+                                     f"failed ({done.stderr.strip()[-300:]}); run: {command}")
+    if not shutil.which(program):
+        raise MissingProgram(f"{program} is not installed; run: {command} (.ci/run does)")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((LOCALHOST, 0))
@@ -90,9 +121,7 @@ class XRootDServer:
 
     def __init__(self, exports: Sequence[str | Path], port: int | None = None,
                  localroot: Path | None = None) -> None:
-        if shutil.which("xrootd") is None:
-            raise RuntimeError("xrootd is not installed: apt-get install xrootd-server "
-                               "(.ci/run does this)")
+        ensure_program("xrootd", "xrootd-server")
         self.exports = [str(e) for e in exports]
         self.localroot = localroot
         self.port = port or free_port()
@@ -175,9 +204,7 @@ class NginxServer:
     """
 
     def __init__(self, root: Path, token: str = "", port: int | None = None) -> None:
-        if shutil.which("nginx") is None:
-            raise RuntimeError("nginx is not installed: apt-get install nginx-light "
-                               "(.ci/run does this)")
+        ensure_program("nginx", "nginx-light", "openssl")
         self.root = Path(root)
         self.token = token
         self.port = port or free_port()

@@ -16,6 +16,7 @@ from conftest import write_events
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.gpu,
     pytest.mark.skipif(not visible_gpus(), reason="no GPU visible (CUDA_VISIBLE_DEVICES, "
                        "nvidia-smi): run benchmarks/gpu_check.sh on a GPU machine"),
 ]

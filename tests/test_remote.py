@@ -32,8 +32,10 @@ from mlaas_dask.errors import DataError
 from mlaas_dask.job import job_from_text
 from mlaas_dask.train import train
 
-from conftest import NANOAOD, write_events
+from conftest import NANOAOD, require_programs, write_events
 from servers import FaultProxy, NginxServer, XRootDServer, served_dir
+
+pytestmark = pytest.mark.xrootd
 
 TOKEN = "tok-" + "7f3a9c1e5b2d4f6a8c0e1b3d5f7a9c2e"  # what nginx wants on /secure/
 N = 3000
@@ -63,6 +65,8 @@ def _sample(root: Path) -> None:
 
 @pytest.fixture(scope="module")
 def served() -> Iterator[Path]:
+    """The folder both servers export; the daemons are installed first (or skip)."""
+    require_programs(("xrootd", "xrootd-server"), ("nginx", "nginx-light", "openssl"))
     root = served_dir()
     _sample(root)
     yield root

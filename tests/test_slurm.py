@@ -2,32 +2,59 @@
 
 Needs the one-node SLURM cluster of .ci/start-slurm.sh (munged, slurmctld, slurmd), found
 through ``MLAAS_SLURM_CONF`` (its slurm.conf). .ci/run starts it; when it could not, the
-reason is in ``$MLAAS_SLURM_DIR/error``. In CI (``CI=true``, or when .ci/run has set
-``MLAAS_SLURM_DIR``) a missing SLURM fails this test with that reason; elsewhere it skips.
+reason is in ``$MLAAS_SLURM_DIR/error``. Outside .ci/run, as root, the module installs
+slurm-wlm + munge and starts (then stops) its own. In CI (``CI=true``, or when .ci/run has
+set ``MLAAS_SLURM_DIR``) a missing SLURM fails this test with that reason; elsewhere it
+skips.
 The Dask scheduler and workers listen on 127.0.0.1 only.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, write_events
+from conftest import REPO, require_programs, skip_or_fail, write_events
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
 
-def _slurm_env() -> dict[str, str]:
-    """The environment for SLURM commands, or skip / fail with the reason SLURM is absent."""
+@pytest.fixture(scope="module")
+def slurm_env() -> Iterator[dict[str, str]]:
+    """The environment for SLURM commands. Uses the cluster that .ci/run started
+    (``MLAAS_SLURM_CONF``); otherwise, as root, installs slurm-wlm + munge and starts a
+    one-node cluster for this module; otherwise skips (fails under CI=true) with why."""
     conf = os.environ.get("MLAAS_SLURM_CONF")
     state_dir = Path(os.environ.get("MLAAS_SLURM_DIR", "/tmp/mlaas-slurm"))
-    in_ci = os.environ.get("CI", "").lower() == "true" or "MLAAS_SLURM_DIR" in os.environ
+    started: Path | None = None
+    if not conf and "MLAAS_SLURM_DIR" not in os.environ and os.geteuid() == 0:
+        require_programs(("slurmctld", "slurm-wlm", "munge"), ("munged", "munge"))
+        started = Path(tempfile.mkdtemp(prefix="mlaas-slurm-"))
+        started.chmod(0o755)  # munged runs as the munge user (pytest's tmp_path is 0700)
+        subprocess.run([str(REPO / ".ci" / "start-slurm.sh"), str(started)],
+                       capture_output=True, timeout=120, check=False)
+        state_dir = started
+        if (started / "slurm.conf").is_file() and not (started / "error").is_file():
+            conf = str(started / "slurm.conf")
+    try:
+        yield _checked_env(conf, state_dir)
+    finally:
+        if started is not None:
+            subprocess.run([str(REPO / ".ci" / "stop-slurm.sh"), str(started)],
+                           capture_output=True, timeout=120, check=False)
+            shutil.rmtree(started, ignore_errors=True)
+
+
+def _checked_env(conf: str | None, state_dir: Path) -> dict[str, str]:
     reason = None
     if not conf:
         why = (state_dir / "error").read_text().strip() if (state_dir / "error").is_file() \
@@ -44,14 +71,15 @@ def _slurm_env() -> dict[str, str]:
             reason = (f"SLURM does not answer: sinfo gave rc {probe.returncode}, state "
                       f"{state!r}, {probe.stderr.strip()[-300:]!r}")
     if reason is not None:
-        if in_ci or conf:
+        if "MLAAS_SLURM_DIR" in os.environ or conf:
             pytest.fail(reason)
-        pytest.skip(reason)
+        skip_or_fail(reason)
     return env
 
 
-def test_mlaas_train_with_workers_as_slurm_jobs(tmp_path: Path) -> None:
-    env = _slurm_env()
+def test_mlaas_train_with_workers_as_slurm_jobs(tmp_path: Path,
+                                                slurm_env: dict[str, str]) -> None:
+    env = slurm_env
     name = f"mlaas-test-{uuid.uuid4().hex[:8]}"
     sig = write_events(tmp_path / "sig.root", n=4000, seed=1)
     bkg = write_events(tmp_path / "bkg.root", n=4000, seed=2)
@@ -133,9 +161,10 @@ wait: {{workers: 2, timeout: 120}}
     assert set(meta["placement"]["read_features"]["addresses"]) <= addresses
 
 
-def test_adaptive_scaling_submits_slurm_jobs_under_load(tmp_path: Path) -> None:
+def test_adaptive_scaling_submits_slurm_jobs_under_load(tmp_path: Path,
+                                                       slurm_env: dict[str, str]) -> None:
     """adapt: {minimum: 0, maximum: 2}: no job until there is work, then two."""
-    env = _slurm_env()
+    env = slurm_env
     from mlaas_dask.cluster import cluster_from_text, start, stop
 
     name = f"mlaas-adapt-{uuid.uuid4().hex[:8]}"
