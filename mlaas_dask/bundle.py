@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from mlaas_dask.archive import ArchiveLimits, Source, extract_tar_gz
 from mlaas_dask.errors import BundleError
 from mlaas_dask.features import FeatureSpec, Preprocess
 
@@ -43,9 +44,6 @@ REQUIRED_FILES = ("features.json", "metadata.json", "metrics.json")
 #: types a skops model may hold without being trusted explicitly
 SAFE_TYPE_PREFIXES = ("sklearn.", "numpy.", "scipy.")
 BUNDLE_FORMAT = "mlaas_dask.bundle/1"
-#: limits for archives received from elsewhere (uploads): members and total unpacked bytes
-MAX_MEMBERS = 64
-MAX_UNPACKED_BYTES = 512 * 1024 * 1024
 
 
 @dataclass
@@ -387,52 +385,17 @@ def export_archive(bundle: str | os.PathLike[str], archive: str | os.PathLike[st
     return archive
 
 
-def extract_archive(data: bytes, target: Path, name: str = "archive") -> Path:
+def extract_archive(data: Source, target: Path, name: str = "archive",
+                    limits: ArchiveLimits | None = None) -> Path:
     """Safely unpack a bundle ``.tar.gz`` (from a user or the network) into ``target``.
 
-    Only regular files are accepted, each inside one top-level folder or at the top level;
-    absolute paths, ``..``, links, devices, too many members or too many bytes are refused.
-    Returns ``target``, which then holds the bundle files directly.
+    The archive is streamed through :func:`mlaas_dask.archive.extract_tar_gz`: only
+    regular files, each inside one top-level folder or at the top level; absolute paths,
+    ``..``, links and devices are refused, and so is the first member over the limits
+    (members, bytes per file, bytes in all: :class:`~mlaas_dask.archive.ArchiveLimits`),
+    before the rest is decompressed. Returns ``target``, which then holds the bundle files
+    directly.
     """
-    try:
-        tar = tarfile.open(fileobj=io.BytesIO(data), mode="r:gz")
-        members = tar.getmembers()
-    except (tarfile.TarError, OSError, EOFError) as err:
-        raise BundleError(f"{name} is not a readable .tar.gz archive: {err}") from None
-    if len(members) > MAX_MEMBERS:
-        raise BundleError(f"{name} has {len(members)} members; at most {MAX_MEMBERS} allowed.")
-    files: dict[str, tarfile.TarInfo] = {}
-    total = 0
-    for member in members:
-        parts = Path(member.name).parts
-        if member.name.startswith("/") or ".." in parts or not parts:
-            raise BundleError(
-                f"{name}: member {member.name!r} has an absolute or parent path; a bundle "
-                "archive holds only files inside the bundle folder."
-            )
-        if member.isdir():
-            continue
-        if not member.isfile():
-            raise BundleError(
-                f"{name}: member {member.name!r} is not a regular file (links and devices "
-                "are refused)."
-            )
-        if len(parts) > 2:
-            raise BundleError(
-                f"{name}: member {member.name!r} is nested too deep; expected "
-                "'<bundle>/<file>'."
-            )
-        total += member.size
-        if total > MAX_UNPACKED_BYTES:
-            raise BundleError(f"{name} unpacks to more than {MAX_UNPACKED_BYTES} bytes.")
-        base = parts[-1]
-        if base in files:
-            raise BundleError(f"{name}: file {base!r} appears twice.")
-        files[base] = member
-    target.mkdir(parents=True, exist_ok=True)
-    for base, member in files.items():
-        source = tar.extractfile(member)
-        assert source is not None
-        (target / base).write_bytes(source.read())
+    extract_tar_gz(data, target, name, limits)
     check_bundle_dir(target)
     return target
