@@ -17,6 +17,7 @@ is renamed into place only when complete, so a half-written bundle never looks c
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -31,6 +32,12 @@ from typing import Any
 import numpy as np
 
 from mlaas_dask.archive import ArchiveLimits, Source, extract_tar_gz
+from mlaas_dask.outputs import (
+    check_free_space,
+    plain_names,
+    reporting_full_disk,
+    size_on_disk,
+)
 from mlaas_dask.errors import BundleError
 from mlaas_dask.features import FeatureSpec, Preprocess
 
@@ -44,6 +51,10 @@ REQUIRED_FILES = ("features.json", "metadata.json", "metrics.json")
 #: types a skops model may hold without being trusted explicitly
 SAFE_TYPE_PREFIXES = ("sklearn.", "numpy.", "scipy.")
 BUNDLE_FORMAT = "mlaas_dask.bundle/1"
+#: metadata.json key listing the files the bundle wrote (what --overwrite may replace)
+BUNDLE_FILES_KEY = "bundle_files"
+#: plots of bundles written before BUNDLE_FILES_KEY existed
+LEGACY_PLOTS = ("roc.png", "scores.png")
 
 
 @dataclass
@@ -72,6 +83,9 @@ class ModelBundle:
     metrics: dict[str, Any] = field(default_factory=dict)
     kind: str = "xgboost"
     preprocess: Preprocess | None = None
+    #: the bundle's copy of the user's model file (kept in memory: a bundle loaded from
+    #: an archive has no folder left to read it from)
+    user_code: bytes | None = None
 
     @property
     def booster(self) -> Any:
@@ -82,12 +96,10 @@ class ModelBundle:
 
     def share_code(self, client: Any) -> None:
         """Make the user's model code (if the bundle has any) importable on the workers."""
-        source = self.path / USER_MODEL_FILE
-        if self.kind != "xgboost" and source.is_file():
+        if self.kind != "xgboost" and self.user_code is not None:
             from mlaas_dask.usercode import module_name, share_with_workers
 
-            data = source.read_bytes()
-            share_with_workers(client, data, module_name(data))
+            share_with_workers(client, self.user_code, module_name(self.user_code))
 
     @property
     def is_binary(self) -> bool:
@@ -105,7 +117,9 @@ class ModelBundle:
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, trusted_types: Sequence[str] = (),
              allow_pickle: bool = False) -> ModelBundle:
-        """Load a bundle directory or ``.tar.gz`` (extracted safely to a temporary folder).
+        """Load a bundle directory or ``.tar.gz``: an archive is extracted safely to a
+        temporary folder, loaded into memory and the folder removed (the bundle's
+        :attr:`path` is then the archive).
 
         Parameters
         ----------
@@ -118,9 +132,15 @@ class ModelBundle:
         """
         path = Path(path)
         if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
-            target = Path(tempfile.mkdtemp(prefix="mlaas-bundle-"))
-            extract_archive(path.read_bytes(), target, name=str(path))
-            path = target
+            with tempfile.TemporaryDirectory(prefix="mlaas-bundle-") as folder:
+                try:
+                    extract_archive(path.read_bytes(), Path(folder), name=str(path))
+                    bundle = cls.load(folder, trusted_types=trusted_types,
+                                      allow_pickle=allow_pickle)
+                except BundleError as err:  # name the archive, not a folder that is gone
+                    raise BundleError(str(err).replace(folder, str(path))) from None
+            bundle.path = path
+            return bundle
         check_bundle_dir(path)
         metadata = _read_json(path / "metadata.json")
         try:
@@ -140,8 +160,10 @@ class ModelBundle:
         if (path / PREPROCESS_FILE).is_file():
             preprocess = Preprocess.from_dict(_read_json(path / PREPROCESS_FILE))
         classes = [str(c) for c in metadata.get("classes", ["background", "signal"])]
+        user_code = ((path / USER_MODEL_FILE).read_bytes()
+                     if (path / USER_MODEL_FILE).is_file() else None)
         return cls(path, spec, model, classes, metadata, _read_json(path / "metrics.json"),
-                   kind, preprocess)
+                   kind, preprocess, user_code)
 
     def predict_matrix(self, matrix: np.ndarray) -> np.ndarray:
         """Scores for a feature matrix: shape ``(n,)`` for binary, ``(n, classes)`` else."""
@@ -292,37 +314,62 @@ def write_bundle(
     ----------
     out
         Target directory. If it exists the call fails, unless ``overwrite`` is true and
-        it is an mlaas_dask bundle (nothing else is ever replaced).
+        it holds an mlaas_dask bundle and nothing else: files the bundle did not write
+        (listed in its metadata.json under ``bundle_files``) are never deleted, so their
+        presence is refused, naming them. A symbolic link is followed: the bundle
+        replaces the directory it points to, and the link stays.
     model
         The serialised model: XGBoost UBJSON bytes, or skops / pickle bytes.
     model_file
         Its name in the bundle, which says its kind (see :data:`MODEL_FILES`).
     extra_files
         Further files by name (plots).
+
+    Raises
+    ------
+    BundleError
+        For an existing target that may not be replaced.
+    DiskSpaceError
+        When the bundle does not fit on the disk (checked before writing; a disk that
+        fills up meanwhile gives the same error and leaves no partial files).
     """
     out = Path(out)
     _check_target(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    if model_file not in MODEL_FILES:
+        raise ValueError(f"model_file must be one of {list(MODEL_FILES)}")
+    files: dict[str, bytes] = {
+        model_file: model,
+        "features.json": spec.to_json().encode(),
+        "metrics.json": _dumps(metrics),
+        **(extra_files or {}),
+    }
+    own = sorted([*files, "metadata.json"])
+    # metadata.json marks the bundle as complete (written last) and lists what it wrote
+    files["metadata.json"] = _dumps({"format": BUNDLE_FORMAT, **metadata,
+                                     BUNDLE_FILES_KEY: own})
+    target = _real_path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    needed = size_on_disk(len(data) for data in files.values())
+    check_free_space(target.parent, needed, "the model bundle")
+    with reporting_full_disk(out, needed, "the model bundle", cleanup=lambda: None):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
-        if model_file not in MODEL_FILES:
-            raise ValueError(f"model_file must be one of {list(MODEL_FILES)}")
-        files: dict[str, bytes] = {
-            model_file: model,
-            "features.json": spec.to_json().encode(),
-            "metrics.json": _dumps(metrics),
-            **(extra_files or {}),
-        }
-        for name, data in files.items():
-            (tmp / name).write_bytes(data)
-        # metadata.json marks the bundle as complete: written last
-        (tmp / "metadata.json").write_bytes(_dumps({"format": BUNDLE_FORMAT, **metadata}))
+        with reporting_full_disk(out, needed, "the model bundle",
+                                 cleanup=lambda: shutil.rmtree(tmp, ignore_errors=True)):
+            for name, data in files.items():
+                (tmp / name).write_bytes(data)
         os.chmod(tmp, 0o755)
-        _swap_into_place(tmp, out)
+        _check_target(out, overwrite)  # again: a user may have added files meanwhile
+        _swap_into_place(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _real_path(out: Path) -> Path:
+    """Where ``out`` really is: a symbolic link's (final) target, else ``out``."""
+    return Path(os.path.realpath(out)) if out.is_symlink() else out
 
 
 def _check_target(out: Path, overwrite: bool) -> None:
@@ -342,12 +389,51 @@ def _check_target(out: Path, overwrite: bool) -> None:
             f"Output directory {out} exists and is not an mlaas_dask bundle; it is never "
             "overwritten, even with --overwrite. Choose another --out."
         ) from None
+    foreign = _foreign_files(out)
+    if foreign:
+        shown = ", ".join(foreign[:10]) + (f" and {len(foreign) - 10} more"
+                                           if len(foreign) > 10 else "")
+        raise BundleError(
+            f"Output directory {out} holds files the bundle did not write: {shown}. "
+            "--overwrite replaces a bundle's own files and never deletes anything else: "
+            "move these files elsewhere, or choose another --out."
+        )
+
+
+def _own_files(bundle: Path) -> set[str]:
+    """Names of the files the bundle wrote: its metadata.json lists them; for bundles
+    written before that list existed, the bundle file names that are there."""
+    listed = _read_json(bundle / "metadata.json").get(BUNDLE_FILES_KEY)
+    if isinstance(listed, list):
+        return plain_names(listed)
+    known = {*MODEL_FILES, *REQUIRED_FILES, PREPROCESS_FILE, USER_MODEL_FILE, *LEGACY_PLOTS}
+    return {name for name in known if (bundle / name).is_file()}
+
+
+def _foreign_files(bundle: Path) -> list[str]:
+    """Everything in ``bundle`` the bundle did not write, as relative paths (folders that
+    hold nothing are listed with a trailing ``/``)."""
+    own = _own_files(bundle)
+    foreign = []
+    for dirpath, dirs, names in os.walk(bundle):
+        here = Path(dirpath)
+        for name in names + [d for d in dirs if (here / d).is_symlink()]:
+            relative = (here / name).relative_to(bundle).as_posix()
+            if relative not in own or not (here / name).is_file() or (here / name).is_symlink():
+                foreign.append(relative)
+        if here != bundle and not names and not dirs:
+            foreign.append(here.relative_to(bundle).as_posix() + "/")
+    return sorted(foreign)
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:
+    """Rename the complete bundle ``tmp`` to ``out`` (a real path, not a link); an old
+    bundle there is moved aside first and removed after, file by file: anything else
+    that appeared in it meanwhile is moved into the new bundle folder, never deleted."""
     if not out.exists():
         os.rename(tmp, out)
         return
+    own = _own_files(out)
     old = out.parent / f".{out.name}.old-{os.getpid()}"
     os.rename(out, old)
     try:
@@ -355,7 +441,14 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
     except BaseException:
         os.rename(old, out)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    for name in own:
+        with contextlib.suppress(FileNotFoundError):
+            (old / name).unlink()
+    for item in old.iterdir():
+        if not os.path.lexists(out / item.name):
+            os.rename(item, out / item.name)
+    with contextlib.suppress(OSError):
+        old.rmdir()
 
 
 def _dumps(data: Mapping[str, Any]) -> bytes:
@@ -373,15 +466,36 @@ def _json_default(value: Any) -> Any:
 
 
 def export_archive(bundle: str | os.PathLike[str], archive: str | os.PathLike[str]) -> Path:
-    """Pack a bundle directory into a ``.tar.gz`` whose members sit in one folder."""
+    """Pack a bundle directory into a ``.tar.gz`` whose members sit in one folder.
+
+    Only the files the bundle wrote are packed. The archive is built in memory, checked
+    to fit on the disk, written to a hidden temporary file next to ``archive`` and renamed
+    into place; on any error (a full disk too: :class:`DiskSpaceError`) nothing is left.
+    """
     bundle, archive = Path(bundle), Path(archive)
     check_bundle_dir(bundle)
-    tmp = archive.with_name(f".{archive.name}.partial")
-    with tarfile.open(tmp, "w:gz") as tar:
-        for item in sorted(bundle.iterdir()):
-            if item.is_file():
-                tar.add(item, arcname=f"{bundle.name}/{item.name}")
-    os.replace(tmp, archive)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name in sorted(_own_files(bundle)):
+            tar.add(bundle / name, arcname=f"{bundle.name}/{name}")
+    data = buffer.getvalue()
+    needed = size_on_disk([len(data)])
+    target = _real_path(archive)
+    check_free_space(target.parent, needed, "the bundle archive")
+    with reporting_full_disk(archive, needed, "the bundle archive", cleanup=lambda: None):
+        handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial",
+                                        dir=target.parent)
+    tmp = Path(name)
+    try:
+        with reporting_full_disk(archive, needed, "the bundle archive",
+                                 cleanup=lambda: tmp.unlink(missing_ok=True)):
+            with os.fdopen(handle, "wb") as file:
+                file.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return archive
 
 
