@@ -105,7 +105,10 @@ DATASET_SCHEMA = {
     "on_error": Field((str,), "what a file or partition that cannot be read does",
                       default="fail", choices=("fail", "skip")),
     "min_fraction": Field(_NUMBER, "with on_error: skip, the least fraction of the "
-                          "events that must be read", default=0.9, check=_fraction),
+                          "events in the files that opened that must be read; files that "
+                          "do not open count apart: at most (1 - min_fraction) of the "
+                          "files, and always one, may fail to open", default=0.9,
+                          check=_fraction),
     "cache": Field((dict, str), "a local feature cache: a folder, or {dir, max_size}",
                    schema=CACHE_SCHEMA),
 }

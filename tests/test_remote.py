@@ -412,7 +412,9 @@ def test_bad_files_are_skipped_with_a_report(client: Any, tmp_path: Path, xrootd
     # exact accounting: what was read is exactly the two good files
     assert rep["files_listed"] == 5 and rep["files_opened"] == 2
     assert rep["events_planned"] == rep["events_read"] == 2 * N
-    assert rep["fraction_read"] == pytest.approx(0.4)
+    # the event fraction is of the files that opened; the files that did not count apart
+    assert rep["fraction_read"] == 1.0 and rep["fraction_files_opened"] == pytest.approx(0.4)
+    assert rep["max_files_unopened"] == 3  # (1 - 0.3) x 5 files, rounded down
     assert result.metadata["data_summary"]["events_read"] == 2 * N
     assert sum(map(sum, result.metrics["events_per_class"].values())) == 2 * N
     assert "Skipped 3 files that did not open" in log.text

@@ -20,10 +20,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlaas_dask.data.remote import (
+    NotRootFile,
     Outcome,
     ReadFailure,
     ReadPolicy,
     display,
+    failure_record,
     is_lfn,
     is_remote,
     locations,
@@ -240,6 +242,8 @@ class Dataset:
             results = list(pool.map(open_one, paths))
         #: files that could not be opened (with on_error: skip): file, group, error, attempts
         self.unopened: list[dict[str, Any]] = []
+        #: partitions passed over by :meth:`sample` (with on_error: skip), as in a read report
+        self.sample_skipped: list[dict[str, Any]] = []
         #: retries and fallbacks that ended well, when opening files
         self.open_outcomes: dict[str, Outcome] = {}
         opened = []
@@ -247,9 +251,7 @@ class Dataset:
             if isinstance(result, ReadFailure):
                 self.unopened.append({
                     "file": display(path), "group": self.groups[group].name,
-                    "start": 0, "stop": None, "entries": None,
-                    "error": result.cause, "message": str(result),
-                    "attempts": [a.to_dict() for a in result.outcome.attempts]})
+                    "start": 0, "stop": None, "entries": None, **failure_record(result)})
                 continue
             info, available, outcome = result
             opened.append((info, available))
@@ -258,10 +260,10 @@ class Dataset:
         for group_index, group in enumerate(self.groups):
             if not any(info.group == group_index for info, _ in opened):
                 lost = [u for u in self.unopened if u["group"] == group.name]
+                first = f"{lost[0]['message']} {lost[0]['advice']}" if lost else "none"
                 raise DataError(
                     f"Group {group.name!r} lost all its files: none of its {len(lost)} "
-                    f"files could be opened (dataset.on_error: skip). First failure: "
-                    f"{lost[0]['message'] if lost else 'none'}")
+                    f"files could be opened (dataset.on_error: skip). First failure: {first}")
         self.files: list[FileInfo] = [info for info, _ in opened]
         present_everywhere = set(wanted).intersection(*(info.types for info in self.files))
         for info, available in opened:
@@ -331,6 +333,42 @@ class Dataset:
                                stop, info.entries, self.policy,
                                f"entries {start}-{stop} of {display(info.path)}")
         return events
+
+    def sample(self, branches: Sequence[str], per_group: int) -> list[Any]:
+        """The first ``per_group`` events of each group, from its first file that can be
+        read, as awkward arrays (for estimates such as ``n: auto``; not a full pass).
+
+        With ``on_error: skip`` a partition that cannot be read is passed over (and listed
+        in :attr:`sample_skipped`): the sample goes on with the next partitions, of the
+        same file or, when none of it can be read, of the group's next file. With
+        ``fail`` the :class:`ReadFailure` ends the job."""
+        arrays = []
+        for group in range(len(self.groups)):
+            wanted, sampled_file = per_group, None
+            for part in (p for p in self.partitions if p.group == group):
+                if wanted <= 0 or sampled_file not in (None, part.file):
+                    break
+                stop = min(part.stop, part.start + wanted)
+                try:
+                    events = self.read(part.file, branches, part.start, stop)
+                except ReadFailure as err:
+                    if self.policy.on_error == "fail":
+                        raise
+                    self.sample_skipped.append({
+                        "file": display(part.path), "group": self.groups[group].name,
+                        "start": part.start, "stop": stop, "entries": stop - part.start,
+                        **failure_record(err)})
+                    continue
+                arrays.append(events)
+                wanted -= len(events)
+                sampled_file = part.file
+        if not arrays and self.sample_skipped:
+            first = self.sample_skipped[0]
+            raise DataError(
+                f"No events could be read for the sample ({len(self.sample_skipped)} "
+                f"partitions failed, dataset.on_error: skip). First failure: "
+                f"{first['message']} {first['advice']}")
+        return arrays
 
     # -- lazy reading ----------------------------------------------------------------------
 
@@ -432,9 +470,8 @@ def _read_metadata(path: str, url: str, group: int, tree: str, branches: Sequenc
         transient, _ = classify(err)
         if transient or is_remote(url):
             raise
-        raise NotRootFile(
-            f"cannot open it as a ROOT file ({type(err).__name__}: {_first_line(err)}); it "
-            "may be truncated, corrupt or not a ROOT file"
+        raise NotRootFile(  # the advice (truncated, corrupt...) comes with the ReadFailure
+            f"cannot open it as a ROOT file ({type(err).__name__}: {_first_line(err)})"
         ) from None
     with handle:
         _check_size(handle)
@@ -468,8 +505,7 @@ def _read_metadata(path: str, url: str, group: int, tree: str, branches: Sequenc
             if classify(err)[0]:
                 raise
             raise NotRootFile(
-                f"cannot read tree {tree!r} ({type(err).__name__}: {_first_line(err)}); the "
-                "file may be truncated or corrupt"
+                f"cannot read tree {tree!r} ({type(err).__name__}: {_first_line(err)})"
             ) from None
     return FileInfo(path, group, entries, types, jagged, url), available
 
@@ -492,10 +528,6 @@ def _credential_kinds() -> dict[str, bool]:
     from mlaas_dask.data.credentials import bearer_token, proxy_path
 
     return {"x509_proxy": proxy_path() is not None, "bearer_token": bearer_token() is not None}
-
-
-class NotRootFile(ValueError):
-    """A file that opens but is not a (whole) ROOT file: not worth retrying."""
 
 
 def _is_jagged(branch: Any) -> bool:

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import errno
+import math
 import os
 import ssl
 import random
@@ -57,7 +58,11 @@ class ReadPolicy:
         ``fail``: stop at the first file or partition that cannot be read. ``skip``: go on
         without it and report it.
     min_fraction
-        With ``skip``: the least fraction of the dataset's events that must be read.
+        With ``skip``: the least fraction of the events *in the files that opened* that
+        must be read. A file that cannot be opened has an unknown number of events, so it
+        is counted apart, by files: at most ``(1 - min_fraction)`` of the files listed
+        may fail to open, and always one (none when ``min_fraction`` is 1); see
+        :func:`max_files_unopened`.
     """
 
     redirectors: tuple[str, ...] = ()
@@ -84,6 +89,16 @@ class ReadPolicy:
         return {"redirectors": [scrub(r) for r in self.redirectors], "timeout": self.timeout,
                 "retries": self.retries, "backoff": self.backoff,
                 "on_error": self.on_error, "min_fraction": self.min_fraction}
+
+
+def max_files_unopened(files_listed: int, min_fraction: float) -> int:
+    """How many of ``files_listed`` files may fail to open under ``min_fraction``:
+    ``(1 - min_fraction)`` of them, rounded down, but always one file (none when
+    ``min_fraction`` is 1). So at the default 0.9 one bad file of 4 is skipped, 2 of 4
+    are too many, and 2 of 20 may be skipped."""
+    if min_fraction >= 1:
+        return 0
+    return max(1, math.floor((1 - min_fraction) * files_listed + 1e-9))
 
 
 # -- locations ---------------------------------------------------------------------------
@@ -230,6 +245,8 @@ def _cause(err: BaseException) -> str:
             return what  # the detail would only repeat the path
         return scrub(f"{what} ({detail})")
     text = _first_line(err) or name
+    if isinstance(err, NotRootFile):  # its text says what is wrong: no class name
+        return scrub(text)
     text = text.removeprefix("Failed to open file: ")
     return scrub(f"{name}: {text}")
 
@@ -272,22 +289,28 @@ class Outcome:
 
 
 class ReadFailure(DataError):
-    """A file or partition that could not be read at any of its places."""
+    """A file or partition that could not be read at any of its places.
 
-    def __init__(self, what: str, outcome: Outcome) -> None:
+    ``summary`` says what and where (every place and its cause), ``advice`` what to do
+    (which depends on ``on_error``: with ``skip`` there is no advice to set it)."""
+
+    def __init__(self, what: str, outcome: Outcome, on_error: str = "fail") -> None:
         self.what = what
         self.outcome = outcome
+        self.on_error = on_error
         super().__init__(self._message())
 
     def __reduce__(self) -> tuple[Any, ...]:
         # travels from a worker to the client: rebuild from its parts, not from args
-        return (ReadFailure, (self.what, self.outcome))
+        return (ReadFailure, (self.what, self.outcome, self.on_error))
 
     @property
     def cause(self) -> str:
         return self.outcome.attempts[-1].cause if self.outcome.attempts else "unknown"
 
-    def _message(self) -> str:
+    @property
+    def summary(self) -> str:
+        """What could not be read and every place tried, with its cause (no advice)."""
         places: dict[str, list[Attempt]] = {}
         for attempt in self.outcome.attempts:
             places.setdefault(attempt.url, []).append(attempt)
@@ -295,26 +318,46 @@ class ReadFailure(DataError):
             f"{display(url)}: {tries[-1].cause}"
             + (f" (after {len(tries)} attempts)" if len(tries) > 1 else "")
             for url, tries in places.items())
-        hint = _hint(self.outcome.attempts[-1]) if self.outcome.attempts else ""
-        return scrub(f"Cannot read {self.what}. Tried {tried}.{hint}")
+        return scrub(f"Cannot read {self.what}. Tried {tried}.")
+
+    @property
+    def advice(self) -> str:
+        """What to do about it, in one sentence."""
+        return _hint(self.outcome.attempts[-1], self.on_error) if self.outcome.attempts else ""
+
+    def _message(self) -> str:
+        return f"{self.summary} {self.advice}".strip()
 
 
-def _hint(attempt: Attempt) -> str:
+def _hint(attempt: Attempt, on_error: str = "fail") -> str:
     cause = attempt.cause.lower()
     if "no such file" in cause or "[3011]" in cause or "http 404" in cause:
-        return " Check the path, or add a redirector that has the file (dataset.redirectors)."
+        return "Check the path, or add a redirector that has the file (dataset.redirectors)."
     if "permission denied" in cause or "[3010]" in cause or "http 403" in cause:
-        return " The server refuses access: check your proxy (voms-proxy-info) or token."
+        return "The server refuses access: check your proxy (voms-proxy-info) or token."
     if "http 401" in cause or "[3030]" in cause:
-        return " Authentication failed: set X509_USER_PROXY or BEARER_TOKEN(_FILE)."
+        return "Authentication failed: set X509_USER_PROXY or BEARER_TOKEN(_FILE)."
     if "certificate" in cause:
-        return " The server's certificate is not trusted: set X509_CERT_DIR to the CA folder."
+        return "The server's certificate is not trusted: set X509_CERT_DIR to the CA folder."
     if attempt.transient:
-        return (" The server did not answer in time or dropped the connection; retry "
-                "later, raise dataset.retries / dataset.timeout, or set dataset.on_error: "
-                "skip to go on without this file.")
-    return (" The file may be truncated, corrupt or not a ROOT file; re-copy it or set "
-            "dataset.on_error: skip.")
+        return ("The server did not answer in time or dropped the connection; retry "
+                "later" + (", or raise dataset.retries / dataset.timeout." if on_error == "skip"
+                           else ", raise dataset.retries / dataset.timeout, or set "
+                           "dataset.on_error: skip to go on without this file."))
+    return ("The file may be truncated, corrupt or not a ROOT file; re-copy it or "
+            + ("remove it from the dataset." if on_error == "skip"
+               else "set dataset.on_error: skip."))
+
+
+def failure_record(err: ReadFailure) -> dict[str, Any]:
+    """What a report says of a read that failed: the cause, the summary (what and where),
+    the advice, and every attempt."""
+    return {"error": err.cause, "message": err.summary, "advice": err.advice,
+            "attempts": [a.to_dict() for a in err.outcome.attempts]}
+
+
+class NotRootFile(ValueError):
+    """A file that opens but is not a (whole) ROOT file: not worth retrying."""
 
 
 def with_fallback(places: Sequence[str], action: Callable[..., T], policy: ReadPolicy,
@@ -344,7 +387,7 @@ def with_fallback(places: Sequence[str], action: Callable[..., T], policy: ReadP
                 continue
             outcome.url = url
             return result, outcome
-    raise ReadFailure(what, outcome)
+    raise ReadFailure(what, outcome, policy.on_error)
 
 
 # -- opening -----------------------------------------------------------------------------

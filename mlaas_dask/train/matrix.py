@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from mlaas_dask.data.dataset import Dataset, Partition, PartitionSource
-from mlaas_dask.data.remote import ReadFailure, display
+from mlaas_dask.data.remote import ReadFailure, display, failure_record, max_files_unopened
 from mlaas_dask.errors import DataError, FeatureError
 from mlaas_dask.features import Expression, FeatureSpec
 from mlaas_dask.train.split import SPLIT_NAMES, assign_split, file_key
@@ -152,10 +152,7 @@ def _failed(partition: Partition, err: ReadFailure, plan: PartitionPlan) -> dict
     empty = (np.zeros((0, plan.spec.n_features), np.float32), np.zeros(0, np.int32),
              np.zeros(0, np.float32))
     stats: dict[str, Any] = {"read": 0, "selected": 0, "nonfinite": {},
-                             "group": partition.group,
-                             "failed": {"error": err.cause, "message": str(err),
-                                        "attempts": [a.to_dict()
-                                                     for a in err.outcome.attempts]}}
+                             "group": partition.group, "failed": failure_record(err)}
     out: dict[str, Any] = {"stats": stats}
     for name in SPLIT_NAMES:
         out[name] = empty
@@ -209,19 +206,16 @@ def cut_branches(cut: str | None) -> list[str]:
 
 def sample_multiplicities(dataset: Dataset, spec: FeatureSpec, sample: int = 100_000) -> dict[str, np.ndarray]:
     """Objects per event of every ``n: auto`` collection, from the first events of the
-    first file of each group (a sample, not a full pass)."""
+    first readable file of each group (a sample, not a full pass; with ``on_error: skip``
+    unreadable partitions are passed over, see :meth:`Dataset.sample`)."""
     import awkward as ak
 
     wanted = {name: c.branches()[0] for name, c in spec.collections.items() if c.n is None}
     if not wanted:
         return {}
-    counts: dict[str, list[np.ndarray]] = {name: [] for name in wanted}
-    firsts = {}
-    for index, info in enumerate(dataset.files):
-        firsts.setdefault(info.group, index)
-    per_group = max(1, sample // max(1, len(firsts)))
-    for index in firsts.values():
-        arrays = dataset.read(index, list(wanted.values()), 0, per_group)
+    counts: dict[str, list[np.ndarray]] = {name: [np.zeros(0, np.int64)] for name in wanted}
+    per_group = max(1, sample // max(1, len({info.group for info in dataset.files})))
+    for arrays in dataset.sample(list(wanted.values()), per_group):
         for name, branch in wanted.items():
             counts[name].append(np.asarray(ak.num(arrays[branch])))
     return {name: np.concatenate(values) for name, values in counts.items()}
@@ -303,10 +297,14 @@ def _get_split(result: dict[str, Any], name: str) -> tuple[np.ndarray, np.ndarra
 def read_report(stats: list[dict[str, Any]], dataset: Dataset) -> dict[str, Any]:
     """Exactly what was read: events planned (in the files that opened), read and skipped
     (per partition: file, entry range, error, attempts), files that did not open,
-    partitions that needed retries or another place, cache hits.
+    partitions that needed retries or another place, partitions the ``n: auto`` sample
+    passed over, cache hits.
 
-    Raises :class:`DataError` when, with ``on_error: skip``, the events read fall under
-    ``min_fraction`` of the dataset or a group lost all its events.
+    With ``on_error: skip`` the rule is (:data:`SKIP_RULE`): the events read must be at
+    least ``min_fraction`` of the events in the files that opened, whose entries are
+    known; a file that did not open has unknown entries, so it is counted apart, by
+    files (:func:`~mlaas_dask.data.remote.max_files_unopened`). Raises
+    :class:`DataError` when either falls short, or when a group lost all its events.
     """
     policy = dataset.policy
     skipped, recovered = [], []
@@ -340,37 +338,74 @@ def read_report(stats: list[dict[str, Any]], dataset: Dataset) -> dict[str, Any]
                         f"{failed_events} != planned {planned}.")
     files_listed = dataset.files_listed
     files_opened = files_listed - len(dataset.unopened)
-    # files that did not open have unknown sizes: they count as average-sized ones
-    fraction = (read / planned if planned else 0.0) * (files_opened / max(1, files_listed))
+    fraction = read / planned if planned else 0.0
     report: dict[str, Any] = {
         "on_error": policy.on_error,
         "min_fraction": policy.min_fraction,
+        "rule": SKIP_RULE,
         "files_listed": files_listed,
         "files_opened": files_opened,
         "files_unopened": dataset.unopened,
+        "fraction_files_opened": round(files_opened / max(1, files_listed), 6),
+        "max_files_unopened": max_files_unopened(files_listed, policy.min_fraction),
         "events_planned": planned,
         "events_read": read,
         "events_skipped": failed_events,
         "fraction_read": round(fraction, 6),
         "partitions": len(dataset.partitions),
         "partitions_skipped": skipped,
+        "sample_skipped": dataset.sample_skipped,
         "recovered": recovered,
         "cache_hits": hits,
     }
     for index, group in enumerate(dataset.groups):
         if read_per_group[index] == 0:
-            first = skipped[0]["message"] if skipped else "none"
+            first = f"{skipped[0]['message']} {skipped[0]['advice']}" if skipped else "none"
             raise DataError(
                 f"Group {group.name!r} lost all its events: every partition of it failed "
                 f"to read (dataset.on_error: skip). First failure: {first}")
-    if (skipped or dataset.unopened) and fraction < policy.min_fraction:
-        raise DataError(
+    shortfalls = []
+    if skipped and fraction < policy.min_fraction:
+        shortfalls.append(
             f"Only {fraction:.1%} of the dataset could be read ({read:,} of {planned:,} "
             f"events in the {files_opened} of {files_listed} files that opened; "
             f"{len(dataset.unopened)} files did not open, {len(skipped)} partitions "
-            f"failed), under dataset.min_fraction = {policy.min_fraction:g}. First "
-            f"failures: " + " | ".join(s["message"] for s in (dataset.unopened + skipped)[:3]))
+            f"failed), under dataset.min_fraction = {policy.min_fraction:g}")
+    if len(dataset.unopened) > report["max_files_unopened"]:
+        shortfalls.append(
+            f"{'Only' if not shortfalls else 'only'} {files_opened} of {files_listed} files "
+            f"could be opened: {len(dataset.unopened)} did not, and at most "
+            f"{report['max_files_unopened']} may fail to open under dataset.min_fraction = "
+            f"{policy.min_fraction:g}")
+    if shortfalls:
+        raise DataError(_shortfall_message(shortfalls, dataset.unopened + skipped))
     return report
+
+
+#: the ``on_error: skip`` rule, as the docs and the messages state it
+SKIP_RULE = ("at least dataset.min_fraction of the events in the files that opened must be "
+             "read, and since a file that does not open has an unknown number of events, "
+             "files that do not open count apart: at most (1 - min_fraction) of the files "
+             "listed, and always one, may fail to open")
+
+
+def _shortfall_message(shortfalls: list[str], failures: list[dict[str, Any]]) -> str:
+    """One paragraph: what fell short, the rule, the first failure of (up to) three
+    files, and each piece of advice once."""
+    per_file: dict[str, dict[str, Any]] = {}
+    for failure in failures:
+        per_file.setdefault(failure["file"], failure)
+    listed = " | ".join(f["message"] for f in list(per_file.values())[:3])
+    advice = dict.fromkeys(f["advice"] for f in failures if f.get("advice"))
+    return " ".join([
+        f"{'; and '.join(shortfalls)}. The rule: {SKIP_RULE}.",
+        f"{_n(len(failures), 'failure')} in {_n(len(per_file), 'file')}, the first of "
+        f"each: {listed}", *advice,
+        "To go on with what could be read, lower dataset.min_fraction."])
+
+
+def _n(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
 
 
 def format_report(report: dict[str, Any]) -> list[str]:
@@ -383,12 +418,12 @@ def format_report(report: dict[str, Any]) -> list[str]:
             f"{len(report['partitions_skipped'])} partitions ({report['events_skipped']:,} "
             f"events) that could not be read; read {report['events_read']:,} of "
             f"{report['events_planned']:,} events ({report['fraction_read']:.1%} of the "
-            "dataset):")
-        for item in lost:
-            span = (f"entries {item['start']}-{item['stop']}" if item.get("stop") is not None
-                    else "whole file")
-            lines.append(f"  {item['file']} ({span}, {len(item['attempts'])} attempts): "
-                         f"{item['error']}")
+            "events in the files that opened):")
+        lines.extend(_failure_lines(lost))
+    if report.get("sample_skipped"):
+        lines.append(f"The sample for n: auto passed over {len(report['sample_skipped'])} "
+                     "partitions that could not be read:")
+        lines.extend(_failure_lines(report["sample_skipped"]))
     if report["recovered"]:
         retried = sum(1 for r in report["recovered"] if r["tries"] > 1)
         moved = sum(1 for r in report["recovered"] if r["fallbacks"])
@@ -397,6 +432,16 @@ def format_report(report: dict[str, Any]) -> list[str]:
     if report["cache_hits"]:
         lines.append(f"Feature cache: {report['cache_hits']} of {report['partitions']} "
                      "partitions came from the cache.")
+    return lines
+
+
+def _failure_lines(items: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for item in items:
+        span = (f"entries {item['start']}-{item['stop']}" if item.get("stop") is not None
+                else "whole file")
+        lines.append(f"  {item['file']} ({span}, {len(item['attempts'])} attempts): "
+                     f"{item['error']}")
     return lines
 
 
