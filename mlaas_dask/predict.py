@@ -5,13 +5,21 @@ code); the per-event scores come back with the event ids and are written as
 
 - ``scores.parquet``: file, entry, the id branches, one score column per output;
 - ``<file stem>.scores.root``: one per input file, a tree of the same name with the score
-  branches, entry for entry -- usable as a friend tree (``tree.AddFriend``).
+  branches, entry for entry -- usable as a friend tree (``tree.AddFriend``);
+- ``predict.json``: the bundle, the inputs, the event count and the names of the files
+  written, so that ``--overwrite`` removes exactly an earlier run's files (friend trees of
+  inputs no longer given) and never anything else.
+
+Free space is checked before any work from the size of the outputs (rows x columns); a
+disk that fills up anyway gives one clear error and leaves no partial files.
 
 The job's selection cut is not applied: a friend tree must line up with every entry.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -23,9 +31,18 @@ import numpy as np
 
 from mlaas_dask.bundle import ModelBundle
 from mlaas_dask.data.rootio import write_ttree
+from mlaas_dask.outputs import (
+    check_free_space,
+    plain_names,
+    reporting_full_disk,
+    size_on_disk,
+)
 from mlaas_dask.errors import MlaasError
 
 SCORES_FILE = "scores.parquet"
+#: what a run wrote (read by the next run with --overwrite)
+MANIFEST_FILE = "predict.json"
+MANIFEST_FORMAT = "mlaas_dask.predict/1"
 
 
 @dataclass
@@ -61,7 +78,8 @@ def predict_files(
         Paths, globs or URLs.
     out
         Output directory (refused if it exists and is not empty, unless ``overwrite``;
-        then only the files this function writes are replaced).
+        then the files this function writes are replaced, and files an earlier run wrote
+        (its ``predict.json``) that this run does not are removed; nothing else is).
     tree
         Tree name; defaults to the tree the model was trained on.
     policy
@@ -86,12 +104,14 @@ def predict_files(
     dataset = Dataset([Group("input", tuple(files))], tree, model.spec.branches(), step_size,
                       optional_branches=ids, policy=policy)
     model.spec.check_schema(dataset.jagged, where=f"tree {tree!r} of {dataset.files[0].path}")
+    needed = _estimate_bytes(dataset, model)
+    check_free_space(out, needed, "the score files")
     log(f"Scoring {dataset.entries:,} events in {len(dataset.files)} files "
         f"({len(dataset.partitions)} partitions) with {model.path}")
     with connect(cluster) as client, worker_credentials(client):
         log(f"Dask dashboard: {client.dashboard_link}")
         results = _score(client, dataset, model, progress)
-    return _write(out, dataset, model, results, overwrite)
+    return _write(out, dataset, model, results, needed)
 
 
 def _score_partition(events: Any, model: ModelBundle, ids: list[str]) -> dict[str, np.ndarray]:
@@ -139,42 +159,94 @@ def _check_out(out: Path, overwrite: bool) -> None:
         raise MlaasError(f"Output {out} is a file; --out must be a directory.")
 
 
+def _estimate_bytes(dataset: Any, model: ModelBundle) -> int:
+    """Bytes the outputs take at most: rows x columns uncompressed (file, entry, 8 per id
+    column, the scores in the Parquet file and again in the friend trees), plus a little
+    per file."""
+    rows, scores = dataset.entries, len(model.output_names)
+    parquet = rows * (4 + 8 + 8 * len(dataset.optional_present) + 4 * scores)
+    return size_on_disk([parquet, rows * 4 * scores]) + 64 * 1024 * (len(dataset.files) + 2)
+
+
 def _write(out: Path, dataset: Any, model: ModelBundle, results: list[dict[str, Any]],
-           overwrite: bool) -> PredictResult:
+           needed: int) -> PredictResult:
+    """Write every output into a hidden folder inside ``out``, remove what an earlier run
+    wrote and this one does not, then move the outputs into place (the manifest last)."""
+    created = not out.exists()
+    tmp: Path | None = None
+
+    def cleanup() -> None:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if empty: a folder of ours that holds nothing
+
+    try:
+        with reporting_full_disk(out, needed, "the score files", cleanup):
+            out.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=out))
+            names = _write_outputs(tmp, dataset, model, results)
+            events = sum(len(r[model.output_names[0]]) for r in results)
+            (tmp / MANIFEST_FILE).write_text(json.dumps({
+                "format": MANIFEST_FORMAT, "bundle": str(model.path), "tree": dataset.tree,
+                "inputs": [info.path for info in dataset.files], "events": events,
+                "outputs": sorted([*names, MANIFEST_FILE]),
+            }, indent=2) + "\n")
+        _remove_earlier_outputs(out, keep={*names, MANIFEST_FILE})
+        for name in [*names, MANIFEST_FILE]:
+            os.replace(tmp / name, out / name)
+    except BaseException:
+        cleanup()
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
+    friends = [out / name for name in names if name != SCORES_FILE]
+    return PredictResult(out, out / SCORES_FILE, friends, events)
+
+
+def _write_outputs(tmp: Path, dataset: Any, model: ModelBundle,
+                   results: list[dict[str, Any]]) -> list[str]:
+    """scores.parquet and one friend tree per input file, in ``tmp``; their names."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     import uproot
 
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=out))
+    columns: dict[str, list[np.ndarray]] = {"file": [], "entry": []}
+    per_file: dict[int, list[dict[str, np.ndarray]]] = {}
+    for partition, result in zip(dataset.partitions, results, strict=True):
+        per_file.setdefault(partition.file, []).append(result)
+        columns["file"].append(np.full(partition.entries, partition.file, np.int32))
+        columns["entry"].append(np.arange(partition.start, partition.stop, dtype=np.int64))
+        for name, values in result.items():
+            columns.setdefault(name, []).append(values)
+    table = pa.table({name: np.concatenate(parts) for name, parts in columns.items()})
+    paths = [info.path for info in dataset.files]
+    table = table.replace_schema_metadata({"files": "\n".join(paths),
+                                           "bundle": str(model.path)})
+    pq.write_table(table, tmp / SCORES_FILE)
+    names = [SCORES_FILE]
+    stems = [Path(p).name.removesuffix(".root") for p in paths]
+    for index, parts in sorted(per_file.items()):
+        stem = stems[index] if stems.count(stems[index]) == 1 else f"{stems[index]}-{index}"
+        name = f"{stem}.scores.root"
+        with uproot.recreate(tmp / name) as handle:
+            write_ttree(handle, dataset.tree, {
+                key: np.concatenate([p[key] for p in parts])
+                for key in model.output_names
+            }, title=f"scores of {paths[index]}")
+        names.append(name)
+    return names
+
+
+def _remove_earlier_outputs(out: Path, keep: set[str]) -> None:
+    """Remove the files an earlier run listed in its manifest that this run does not
+    write (e.g. friend trees of inputs no longer given); nothing else is touched."""
     try:
-        columns: dict[str, list[np.ndarray]] = {"file": [], "entry": []}
-        per_file: dict[int, list[dict[str, np.ndarray]]] = {}
-        for partition, result in zip(dataset.partitions, results, strict=True):
-            per_file.setdefault(partition.file, []).append(result)
-            columns["file"].append(np.full(partition.entries, partition.file, np.int32))
-            columns["entry"].append(np.arange(partition.start, partition.stop, dtype=np.int64))
-            for name, values in result.items():
-                columns.setdefault(name, []).append(values)
-        table = pa.table({name: np.concatenate(parts) for name, parts in columns.items()})
-        paths = [info.path for info in dataset.files]
-        table = table.replace_schema_metadata({"files": "\n".join(paths),
-                                               "bundle": str(model.path)})
-        pq.write_table(table, tmp / SCORES_FILE)
-        friends = []
-        stems = [Path(p).name.removesuffix(".root") for p in paths]
-        for index, parts in sorted(per_file.items()):
-            stem = stems[index] if stems.count(stems[index]) == 1 else f"{stems[index]}-{index}"
-            name = f"{stem}.scores.root"
-            with uproot.recreate(tmp / name) as handle:
-                write_ttree(handle, dataset.tree, {
-                    key: np.concatenate([p[key] for p in parts])
-                    for key in model.output_names
-                }, title=f"scores of {paths[index]}")
-            friends.append(out / name)
-        for item in tmp.iterdir():
-            os.replace(item, out / item.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return PredictResult(out, out / SCORES_FILE, friends, sum(len(r[model.output_names[0]])
-                                                               for r in results))
+        earlier = json.loads((out / MANIFEST_FILE).read_text())
+    except (OSError, ValueError):
+        return  # no manifest (or not ours): no file is known to be an earlier output
+    if not isinstance(earlier, dict) or earlier.get("format") != MANIFEST_FORMAT:
+        return
+    for name in plain_names(earlier.get("outputs")) - keep:
+        with contextlib.suppress(FileNotFoundError):
+            (out / name).unlink()

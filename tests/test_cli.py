@@ -166,3 +166,107 @@ def session_processes(session: int) -> list[int]:
         except (ProcessLookupError, PermissionError):
             pass
     return found
+
+
+# -- predict: what --overwrite removes, and a full disk -----------------------------------
+
+def predict_inputs(tmp_path: Path) -> tuple[Path, list[Path]]:
+    """A small XGBoost bundle (MET_pt and two jets) and two files to score."""
+    from test_bundle import make_bundle
+
+    files = [write_events(tmp_path / f"{name}.root", n=3000, seed=seed)
+             for seed, name in enumerate(("a", "b"))]
+    return make_bundle(tmp_path / "bundle"), files
+
+
+def test_predict_overwrite_removes_only_an_earlier_runs_files(client, tmp_path: Path) -> None:
+    import json
+
+    from mlaas_dask.data.dataset import Dataset, Group
+    from mlaas_dask.predict import _estimate_bytes, predict_files
+
+    bundle, files = predict_inputs(tmp_path)
+    real = tmp_path / "real"
+    real.mkdir()
+    out = tmp_path / "scores"
+    out.symlink_to(real, target_is_directory=True)  # --out may be a link
+    options = dict(cluster=client, step_size=1000, progress=False, log=lambda *a: None)
+    first = predict_files(bundle, [str(f) for f in files], out, **options)
+    assert sorted(p.name for p in real.iterdir()) == [
+        "a.scores.root", "b.scores.root", "predict.json", "scores.parquet"]
+    manifest = json.loads((real / "predict.json").read_text())
+    assert manifest["outputs"] == sorted(p.name for p in real.iterdir())
+    assert manifest["events"] == first.events == 6000
+    # the estimate the up-front check uses is not below what was written
+    model = ModelBundle.load(bundle)
+    dataset = Dataset([Group("input", tuple(map(str, files)))], "Events",
+                      model.spec.branches(), 1000,
+                      optional_branches=["run", "luminosityBlock", "event"])
+    written = sum(p.stat().st_size for p in real.iterdir())
+    assert written <= _estimate_bytes(dataset, model)
+    (real / "NOTES.txt").write_text("mine")
+    (real / "c.scores.root").write_bytes(b"a user's file of that name, not in predict.json")
+    second = predict_files(bundle, [str(files[0])], out, overwrite=True, **options)
+    assert second.friends == [out / "a.scores.root"] and second.events == 3000
+    assert sorted(p.name for p in real.iterdir()) == [
+        "NOTES.txt", "a.scores.root", "c.scores.root", "predict.json", "scores.parquet"]
+    assert out.is_symlink() and sorted(p.name for p in tmp_path.iterdir()) == [
+        "a.root", "b.root", "bundle", "real", "scores"]
+    assert json.loads((real / "predict.json").read_text())["outputs"] == [
+        "a.scores.root", "predict.json", "scores.parquet"]
+    assert uproot.open(real / "a.scores.root")["Events"].num_entries == 3000
+
+
+@pytest.fixture
+def disk(tmp_path: Path):
+    from disks import small_filesystem
+
+    with small_filesystem(tmp_path / "disk", "512k") as mounted:
+        yield mounted
+
+
+def test_predict_refuses_a_too_small_disk_before_any_work(capsys, tmp_path: Path,
+                                                          disk: Path) -> None:
+    from disks import entries, fill
+
+    bundle, files = predict_inputs(tmp_path)
+    fill(disk, leave=64 * 1024)
+    code, out, err = run_cli(capsys, "predict", str(bundle), *map(str, files),
+                             "--out", str(disk / "scores"))
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith(f"mlaas predict: error: Not enough disk space for the score files "
+                          f"at {disk / 'scores'}: it needs about ")
+    assert "Nothing was written" in err and "Scoring" not in out  # before reading a file
+    assert entries(disk) == []
+
+
+def test_predict_disk_filling_up_while_writing(client, tmp_path: Path, disk: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The estimate says it fits (shutil.disk_usage claims room: only the number), the
+    real disk fills up while writing: one message, the earlier run's files intact, no
+    partial files."""
+    from disks import entries, fill
+
+    from mlaas_dask.outputs import DiskSpaceError
+    from mlaas_dask.predict import predict_files
+
+    bundle, files = predict_inputs(tmp_path)
+    out = disk / "scores"
+    options = dict(cluster=client, step_size=1000, progress=False, log=lambda *a: None)
+    predict_files(bundle, [str(files[0])], out, **options)
+    earlier = {p.name: p.read_bytes() for p in out.iterdir()}
+    fill(disk, leave=16 * 1024)
+    real = __import__("shutil").disk_usage
+    monkeypatch.setattr("shutil.disk_usage", lambda p: real(p)._replace(free=10**11))
+    with pytest.raises(DiskSpaceError) as err:
+        predict_files(bundle, [str(f) for f in files], out, overwrite=True, **options)
+    assert str(err.value).startswith(f"The disk filled up while writing the score files at "
+                                     f"{out} (No space left on device): it needs about ")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == earlier  # no .partial-*
+    (out / "predict.json").unlink()
+    for name in earlier:
+        (out / name).unlink(missing_ok=True)
+    out.rmdir()
+    with pytest.raises(DiskSpaceError):  # into a new folder: the folder goes too
+        predict_files(bundle, [str(f) for f in files], out, **options)
+    assert entries(disk) == []

@@ -15,7 +15,9 @@ examples:
 Writes scores.parquet (file, entry, run/luminosityBlock/event when present, score) and
 one <stem>.scores.root per input file whose tree lines up entry for entry with the input:
   events->AddFriend("Events", "scores/signal.scores.root")
-The training cut is not applied, so every entry has a score.
+The training cut is not applied, so every entry has a score. predict.json lists what was
+written: --overwrite replaces those files and removes an earlier run's that this run does
+not write (never other files). Free disk space is checked before any work.
 """
 
 
@@ -45,7 +47,8 @@ def add_parser(subparsers: Any) -> None:
                         help="retries of a transient error at one place before the next "
                              "is tried (default: 3)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace score files in a non-empty --out")
+                        help="replace the score files of an earlier run in --out (other "
+                             "files in it are kept)")
     parser.add_argument("--trust", action="append", default=[], metavar="TYPE",
                         help="trust this type in a skops model (a class from your own model "
                              "file); repeat for several. Only for bundles you made")
