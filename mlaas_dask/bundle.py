@@ -38,7 +38,7 @@ from mlaas_dask.outputs import (
     reporting_full_disk,
     size_on_disk,
 )
-from mlaas_dask.errors import BundleError
+from mlaas_dask.errors import BundleError, FeatureError
 from mlaas_dask.features import FeatureSpec, Preprocess
 
 MODEL_FILE = "model.ubj"
@@ -48,8 +48,6 @@ PREPROCESS_FILE = "preprocess.json"
 #: the user's model file, kept for models of the user's own classes (run only if trusted)
 USER_MODEL_FILE = "user_model.py"
 REQUIRED_FILES = ("features.json", "metadata.json", "metrics.json")
-#: types a skops model may hold without being trusted explicitly
-SAFE_TYPE_PREFIXES = ("sklearn.", "numpy.", "scipy.")
 BUNDLE_FORMAT = "mlaas_dask.bundle/1"
 #: metadata.json key listing the files the bundle wrote (what --overwrite may replace)
 BUNDLE_FILES_KEY = "bundle_files"
@@ -124,8 +122,9 @@ class ModelBundle:
         Parameters
         ----------
         trusted_types
-            Extra types a skops model may hold (beyond scikit-learn, numpy and scipy),
-            e.g. a class from the user's model file. Never pass types from the network.
+            Extra types a skops model may hold (beyond the exact, audited list in
+            :mod:`mlaas_dask.bundle_safety`), e.g. a class from the user's model file, whose
+            copy in the bundle is then imported. Never pass types from the network.
         allow_pickle
             Load a pickle-only model (``model.pkl``): only for bundles you made yourself.
             The server never does.
@@ -148,20 +147,15 @@ class ModelBundle:
         except Exception as err:  # noqa: BLE001 - any defect of the file is the bundle's
             raise BundleError(f"Model bundle {path}: features.json is invalid: {err}") from None
         kind, model_file = _model_file(path)
-        if kind != "xgboost" and (trusted_types or allow_pickle):
-            _import_user_code(path)
+        user_code = _import_user_code(path, kind, trusted_types, allow_pickle)
         if kind == "xgboost":
             model = _load_xgboost(model_file, spec)
         elif kind == "sklearn":
-            model = _load_skops(model_file, trusted_types)
+            model = _load_skops(model_file, trusted_types, spec)
         else:
             model = _load_pickle(model_file, allow_pickle)
-        preprocess = None
-        if (path / PREPROCESS_FILE).is_file():
-            preprocess = Preprocess.from_dict(_read_json(path / PREPROCESS_FILE))
+        preprocess = _read_preprocess(path, spec)
         classes = [str(c) for c in metadata.get("classes", ["background", "signal"])]
-        user_code = ((path / USER_MODEL_FILE).read_bytes()
-                     if (path / USER_MODEL_FILE).is_file() else None)
         return cls(path, spec, model, classes, metadata, _read_json(path / "metrics.json"),
                    kind, preprocess, user_code)
 
@@ -214,14 +208,39 @@ def check_bundle_dir(path: Path) -> None:
         )
 
 
-def _import_user_code(path: Path) -> None:
+def _import_user_code(path: Path, kind: str, trusted_types: Sequence[str],
+                      allow_pickle: bool) -> bytes | None:
     """Import the bundle's copy of the user's model file under the module name the model
-    refers to (only when the caller trusts the bundle)."""
+    refers to, and return its source; only when the caller trusts it: a pickle they allow,
+    or a trusted type from that very file (the module name is a hash of its content).
+    Otherwise the file is never run, here or on the workers (``None``)."""
     from mlaas_dask.usercode import import_file, module_name
 
     source = path / USER_MODEL_FILE
-    if source.is_file():
-        import_file(source, module_name(source.read_bytes()))
+    if kind == "xgboost" or not source.is_file():
+        return None
+    code = source.read_bytes()
+    name = module_name(code)
+    if not (allow_pickle if kind == "pickle"
+            else any(t.startswith(f"{name}.") for t in trusted_types)):
+        return None
+    try:
+        import_file(source, name)
+    except Exception as err:  # noqa: BLE001 - the user's code may raise anything
+        raise BundleError(
+            f"Model bundle {path}: its copy of your model file ({USER_MODEL_FILE}) fails to "
+            f"import: {type(err).__name__}: {err}. Fix the model file and retrain."
+        ) from None
+    return code
+
+
+def _read_preprocess(path: Path, spec: FeatureSpec) -> Preprocess | None:
+    if not (path / PREPROCESS_FILE).is_file():
+        return None
+    try:
+        return Preprocess.from_dict(_read_json(path / PREPROCESS_FILE), spec.n_features)
+    except FeatureError as err:
+        raise BundleError(f"Model bundle {path}: {err}") from None
 
 
 def _model_file(path: Path) -> tuple[str, Path]:
@@ -234,13 +253,17 @@ def _model_file(path: Path) -> tuple[str, Path]:
 def _load_xgboost(model_file: Path, spec: FeatureSpec) -> Any:
     import xgboost
 
+    from mlaas_dask.bundle_safety import check_xgboost_trees
+
+    where = f"Model bundle {model_file.parent}: {model_file.name}"
     booster = xgboost.Booster()
     try:
         booster.load_model(bytearray(model_file.read_bytes()))
-    except xgboost.core.XGBoostError as err:
+        model = json.loads(booster.save_raw("json"))
+    except (xgboost.core.XGBoostError, ValueError) as err:
         raise BundleError(
-            f"Model bundle {model_file.parent}: {model_file.name} is not a readable XGBoost "
-            f"model ({str(err).splitlines()[0]}). Retrain or re-export the bundle."
+            f"{where} is not a readable XGBoost model ({str(err).splitlines()[0]}). Retrain "
+            "or re-export the bundle."
         ) from None
     booster.set_param({"nthread": int(os.environ.get("MLAAS_PREDICT_THREADS", "0")) or 1})
     if booster.num_features() != spec.n_features:
@@ -249,28 +272,59 @@ def _load_xgboost(model_file: Path, spec: FeatureSpec) -> Any:
             f"features but features.json describes {spec.n_features}. The bundle is "
             "inconsistent; retrain it."
         )
+    try:
+        check_xgboost_trees(model, spec.n_features, where)
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise BundleError(f"{where}: the model's trees are malformed ({type(err).__name__}: "
+                          f"{err}); the file is corrupt or crafted.") from None
     return booster
 
 
-def _load_skops(model_file: Path, trusted_types: Sequence[str]) -> Any:
+def _load_skops(model_file: Path, trusted_types: Sequence[str], spec: FeatureSpec) -> Any:
+    """Load a skops model whose every type is on the exact safe list (or trusted by the
+    caller), then check its native structures and that it scores a matrix."""
+    import sklearn._loss._loss  # noqa: F401 - skops names the Cython losses '_loss.<class>'
     import skops.io
 
+    from mlaas_dask import bundle_safety as safety
+
+    where = f"Model bundle {model_file.parent}: {model_file.name}"
     data = model_file.read_bytes()
+    found = safety.skops_types(data, where)
     try:
         untrusted = skops.io.get_untrusted_types(data=data)
     except Exception as err:  # noqa: BLE001 - a corrupt file, whatever skops says
-        raise BundleError(f"Model bundle {model_file.parent}: {model_file.name} is not a "
-                          f"readable skops file ({err}).") from None
-    refused = [t for t in untrusted
-               if not t.startswith(SAFE_TYPE_PREFIXES) and t not in trusted_types]
+        raise BundleError(f"{where} is not a readable skops file ({err}).") from None
+    refused = safety.refused_types(found, untrusted, trusted_types)
     if refused:
         raise BundleError(
-            f"Model bundle {model_file.parent}: {model_file.name} holds types that are not on "
-            f"the safe list ({', '.join(refused)}), so it is not loaded: loading them could "
-            "run their code. If you made this bundle yourself, trust them explicitly "
-            "(mlaas predict --trust TYPE); the server never does."
+            f"{where} holds types that are not on the safe list ({', '.join(refused)}), so "
+            "it is not loaded: loading them could run their code."
+            f"{safety.explain(refused)} If you made this bundle yourself, trust them "
+            "explicitly (mlaas predict --trust TYPE); the server never does."
         )
-    return skops.io.loads(data, trusted=list(untrusted))
+    try:
+        model = skops.io.loads(data, trusted=untrusted)
+    except Exception as err:  # noqa: BLE001 - a corrupt file, whatever skops says
+        raise BundleError(f"{where} cannot be loaded ({type(err).__name__}: {err}).") from None
+    safety.check_native_structures(model, where)
+    _check_scores(model, spec, where)
+    return model
+
+
+def _check_scores(model: Any, spec: FeatureSpec, where: str) -> None:
+    """The model scores a matrix of the bundle's features (so a bad bundle is refused when
+    it is loaded, not at every request)."""
+    try:
+        scores = np.asarray(model.predict_proba(np.zeros((2, spec.n_features), np.float32)))
+    except Exception as err:  # noqa: BLE001 - whatever the model raises
+        raise BundleError(
+            f"{where} cannot score the {spec.n_features} features that features.json "
+            f"describes ({type(err).__name__}: {err}). The bundle is inconsistent; retrain it."
+        ) from None
+    if scores.ndim != 2 or scores.shape[0] != 2 or scores.shape[1] < 2:
+        raise BundleError(f"{where} gives scores of shape {scores.shape} for 2 events; "
+                          "expected one column per class. Retrain the bundle.")
 
 
 def _load_pickle(model_file: Path, allow_pickle: bool) -> Any:

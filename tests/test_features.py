@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import awkward as ak
 import numpy as np
@@ -211,3 +212,155 @@ def test_expressions_are_elementwise_and_boolean() -> None:
     assert ak.to_list(cut(ns)) == [True, True, False]
     with pytest.raises(FeatureError, match="uses 'c'.*Did you mean"):
         Expression("c + 1")({"cc": np.zeros(1)})
+
+
+# -- expressions from elsewhere are bounded ------------------------------------------------
+
+
+@pytest.mark.parametrize("text, message", [
+    ("sum(Jet_pt) + 10**10**7", "'10**10**7' raises to the power 1e+07"),
+    ("2**2**2**2**2", "raises to the power 65536"),
+    ("(10**100)**100", "'10**100' raises to the power 100"),
+    ("MET_pt ** 1000", "constant exponents may be at most 64"),
+    ("(" * 10_000 + "MET_pt" + ")" * 10_000, "20,006 characters long"),
+    ("MET_pt + " * 120_000 + "1", "1,080,001 characters long"),
+    ("-" * 500 + "MET_pt", "nested more than 50 levels deep"),
+    ("(" * 300 + "MET_pt" + ")" * 300, "too many nested parentheses"),
+    ("9" * 40, "integers must fit in 64 bits"),
+    ("2**63 + MET_pt", "integers must fit in 64 bits"),
+    ("1e999 * MET_pt", "not a finite number"),
+    ("MET_pt + 1 / (1 - 1)", "cannot be computed (division by zero)"),
+    ("(-8) ** 0.5", "is not a real number"),
+    ("sqrt(MET_pt, MET_phi)", "gives sqrt() 2 argument(s); it takes 1"),
+    ("where(MET_pt > 1)", "gives where() 1 argument(s); it takes 3"),
+])
+def test_expressions_are_bounded(text: str, message: str) -> None:
+    with pytest.raises(FeatureError) as err:
+        Expression(text, "derived feature 'x'")
+    assert message in str(err.value) and "derived feature 'x'" in str(err.value)
+    assert len(str(err.value)) < 600  # a 1 MB expression is not echoed back
+
+
+def test_constant_parts_are_computed_once_with_python_semantics() -> None:
+    expression = Expression("2**-1 + x * 2**10 - 7 // 2")
+    np.testing.assert_array_equal(expression({"x": np.array([0.0, 1.0])}), [-2.5, 1021.5])
+    assert ak.to_list(Expression("not x")({"x": np.array([True, False, True])})) == \
+        [False, True, False]
+
+
+def test_a_function_cannot_write_into_the_events() -> None:
+    """numpy's second positional argument is out=: sqrt(a, b) would overwrite b."""
+    b = np.array([4.0, 9.0])
+    with pytest.raises(FeatureError):
+        Expression("sqrt(a, b)")
+    assert Expression("sqrt(b)")({"b": b}).tolist() == [2.0, 3.0] and b.tolist() == [4.0, 9.0]
+
+
+def test_an_expression_that_fails_on_the_events_names_itself() -> None:
+    with pytest.raises(FeatureError, match="'nJet \\*\\* -1' cannot be computed on these "
+                                           "events: ValueError"):
+        Expression("nJet ** -1")({"nJet": np.array([1, 2])})
+
+
+# -- features.json from elsewhere is checked -----------------------------------------------
+
+
+def _features(**change: object) -> dict:
+    data = FeatureSpec(flat=["MET_pt"], collections={"Jet": Collection("Jet", ["pt"], n=2)},
+                       derived={"HT": "sum(Jet_pt)"}).to_dict()
+    data.update(change)
+    return data
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"flat": "MET_pt"}, "flat must be a list, not str"),
+    ({"flat": [3]}, "An entry of flat must be a name"),
+    ({"flat": ["x" * 300]}, "1 to 256 printable characters"),
+    ({"flat": ["MET\npt"]}, "printable"),
+    ({"derived": {"HT": 3}}, "derived feature 'HT' must be a string, not int"),
+    ({"derived": {"HT": "sum(Jet_pt) + 10**10**7"}}, "raises to the power 1e+07"),
+    ({"derived": ["HT"]}, "derived must be a mapping"),
+    ({"collections": {"Jet": {"fields": ["pt"], "n": 10**9}}}, "n must be an integer from 1"),
+    ({"collections": {"Jet": {"fields": ["pt"], "n": True}}}, "not True"),
+    ({"collections": {"Jet": {"fields": "pt", "n": 2}}}, "fields must be a list"),
+    ({"collections": {"Jet": {"fields": ["pt"], "n": 2, "multiplicity": "yes"}}},
+     "multiplicity must be true or false"),
+    ({"collections": {"Jet": {"fields": ["pt"], "n": 2, "quantile": "0.9"}}},
+     "quantile must be in (0, 1]"),
+    ({"collections": {"Jet": {"fields": ["pt"], "n": 2, "code": "x"}}},
+     "unknown keys ['code']"),
+    ({"collections": {"Jet": ["pt"]}}, "must be a mapping of settings"),
+    ({"collections": {"Jet": {"fields": ["pt"] * 60, "n": 1000}}}, "at most 50,000"),
+    ({"feature_names": ["a", "b"]}, "feature_names does not match"),
+    ({"version": 2}, "version 2"),
+    ({"extra": 1}, "unknown keys ['extra']"),
+])
+def test_features_json_is_checked(change: dict, message: str) -> None:
+    import json
+
+    with pytest.raises(FeatureError) as err:
+        FeatureSpec.from_json(json.dumps(_features(**change)))
+    assert message in str(err.value)
+
+
+def test_features_json_that_is_not_an_object_is_refused() -> None:
+    with pytest.raises(FeatureError, match="must be a mapping, not list"):
+        FeatureSpec.from_json("[1, 2]")
+    with pytest.raises(FeatureError, match="not valid JSON"):
+        FeatureSpec.from_json("[" * 100_000)
+
+
+def test_auto_n_is_at_most_the_bound() -> None:
+    from mlaas_dask.features.spec import MAX_OBJECTS
+
+    assert estimate_n(np.full(10, 5 * MAX_OBJECTS)) == MAX_OBJECTS
+
+
+# -- collections with no object at all -----------------------------------------------------
+
+
+def _no_muon_spec() -> FeatureSpec:
+    return FeatureSpec(flat=["MET_pt"],
+                       collections={"Muon": Collection("Muon", ["pt", "eta"], n=2,
+                                                       sort_by="pt")},
+                       derived={"HT": "sum(Muon_pt)"})
+
+
+def test_a_collection_without_any_object_is_jagged() -> None:
+    """No event has a muon: awkward types the lists ``var * unknown``."""
+    events = ak.Array({"MET_pt": [10.0, 20.0], "Muon_pt": [[], []], "Muon_eta": [[], []]})
+    assert str(events["Muon_pt"].type.content) == "var * unknown"
+    matrix = _no_muon_spec().transform(events)
+    expected = [[10.0, 0.0, np.nan, np.nan, np.nan, np.nan, 0.0],
+                [20.0, 0.0, np.nan, np.nan, np.nan, np.nan, 0.0]]
+    np.testing.assert_array_equal(matrix, np.array(expected, np.float32))
+
+
+def test_predict_events_without_any_object(tmp_path: Path) -> None:
+    import xgboost
+
+    from mlaas_dask.bundle import ModelBundle, write_bundle
+
+    spec = _no_muon_spec()
+    events = ak.Array({"MET_pt": [10.0, 20.0, 30.0], "Muon_pt": [[5.0], [], [7.0, 3.0]],
+                       "Muon_eta": [[0.1], [], [0.2, -1.0]]})
+    matrix = spec.transform(events)
+    booster = xgboost.train({"objective": "binary:logistic", "nthread": 1},
+                            xgboost.DMatrix(matrix, np.array([0, 1, 1]), missing=np.nan), 2)
+    bundle = ModelBundle.load(write_bundle(
+        tmp_path / "b", model=bytes(booster.save_raw("ubj")), spec=spec,
+        metadata={"classes": ["background", "signal"]}, metrics={}))
+    empty = ak.Array({"MET_pt": [10.0, 20.0], "Muon_pt": [[], []], "Muon_eta": [[], []]})
+    scores = bundle.predict_events(empty)
+    by_hand = booster.inplace_predict(spec.transform(empty), missing=np.nan)
+    assert scores.shape == (2,) and np.isfinite(scores).all()
+    np.testing.assert_allclose(scores, by_hand)
+
+
+def test_a_missing_value_inside_a_list_is_nan() -> None:
+    spec = FeatureSpec(collections={"Muon": Collection("Muon", ["pt"], n=2)})
+    matrix = spec.transform({"Muon_pt": ak.Array([[1.0, None], [], [3.0]])})
+    np.testing.assert_array_equal(matrix, np.array(
+        [[2, 1, np.nan], [0, np.nan, np.nan], [1, 3, np.nan]], np.float32))
+    with pytest.raises(FeatureError, match="is a list per event but not of numbers"):
+        spec.transform({"Muon_pt": ak.Array([[[1.0]], []])})

@@ -18,6 +18,8 @@ def offsets_and_content(array: Any) -> tuple[np.ndarray, np.ndarray] | None:
 
     ``offsets`` has one more entry than there are events and indexes ``content`` directly
     (it need not start at 0). Returns ``None`` when ``array`` is not a list of numbers.
+    Lists that are all empty (type ``var * unknown``, e.g. JSON events without a single
+    muon) are a list of numbers with no objects.
     """
     import awkward as ak
 
@@ -33,6 +35,11 @@ def offsets_and_content(array: Any) -> tuple[np.ndarray, np.ndarray] | None:
     if not isinstance(layout, ak.contents.ListOffsetArray):
         return None
     content = layout.content
+    if isinstance(content, ak.contents.EmptyArray):
+        content = content.to_NumpyArray(np.float64)
+    elif content.is_option and isinstance(content.content, ak.contents.NumpyArray):
+        # a missing value inside a list (e.g. null in JSON events) is NaN, "missing"
+        content = ak.to_layout(ak.fill_none(ak.Array(content), np.nan, axis=0))
     if not isinstance(content, ak.contents.NumpyArray) or content.data.ndim != 1:
         return None
     return np.asarray(layout.offsets.data), np.asarray(content.data)

@@ -7,11 +7,14 @@ and in the server.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from mlaas_dask.errors import FeatureError
 
 
 @dataclass(frozen=True)
@@ -44,8 +47,63 @@ class Preprocess:
                 "scale": list(self.scale) if self.scale is not None else None}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Preprocess:
-        mean, scale = data.get("mean"), data.get("scale")
-        return cls(float(data.get("fill_value", 0.0)),
-                   tuple(float(v) for v in mean) if mean is not None else None,
-                   tuple(float(v) for v in scale) if scale is not None else None)
+    def from_dict(cls, data: Mapping[str, Any], n_features: int | None = None) -> Preprocess:
+        """Build from the dict form (``preprocess.json``), checking every value.
+
+        Parameters
+        ----------
+        n_features
+            The width of the matrix it applies to: ``mean`` and ``scale`` must have one
+            value per feature.
+
+        Raises
+        ------
+        FeatureError
+            For unknown keys, values that are not finite numbers, a zero scale, or lists
+            of the wrong length.
+        """
+        if not isinstance(data, Mapping):
+            raise FeatureError(f"{_FILE} must hold a JSON object, not {type(data).__name__}.")
+        unknown = sorted(set(data) - {"fill_value", "mean", "scale"})
+        if unknown:
+            raise FeatureError(f"{_FILE} has unknown keys {unknown}; it holds fill_value, "
+                               "mean and scale.")
+        fill = _number(data.get("fill_value", 0.0), "fill_value")
+        mean = _numbers(data.get("mean"), "mean", n_features)
+        scale = _numbers(data.get("scale"), "scale", n_features)
+        if (mean is None) != (scale is None):
+            raise FeatureError(f"{_FILE} gives {'mean' if scale is None else 'scale'} "
+                               "without the other; give both or neither.")
+        if mean is not None and scale is not None and len(mean) != len(scale):
+            raise FeatureError(f"{_FILE} has {len(mean)} means but {len(scale)} scales.")
+        if scale is not None and 0.0 in scale:
+            raise FeatureError(f"{_FILE}: scale {scale.index(0.0)} is 0; scales divide the "
+                               "features and must not be 0.")
+        return cls(fill, mean, scale)
+
+
+_FILE = "preprocess.json"
+
+
+def _number(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise FeatureError(f"{_FILE}: {key} must be a number, not {value!r}.")
+    if abs(value) > _LARGEST or not math.isfinite(value):  # a huge int is no float
+        raise FeatureError(f"{_FILE}: {key} is {value!r}; it must be a finite float32.")
+    return float(value)
+
+
+def _numbers(values: Any, key: str, n_features: int | None) -> tuple[float, ...] | None:
+    if values is None:
+        return None
+    if not isinstance(values, list):
+        raise FeatureError(f"{_FILE}: {key} must be a list of numbers, not "
+                           f"{type(values).__name__}.")
+    if n_features is not None and len(values) != n_features:
+        raise FeatureError(f"{_FILE}: {key} has {len(values)} values but the model has "
+                           f"{n_features} features. The bundle is inconsistent; retrain it.")
+    return tuple(_number(v, f"{key}[{i}]") for i, v in enumerate(values))
+
+
+#: the largest float32: the matrix is float32, so larger means and scales overflow
+_LARGEST = float(np.finfo(np.float32).max)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,11 @@ from mlaas_dask.features.jagged import (
 )
 
 SPEC_VERSION = 1
+#: bounds on what a FeatureSpec may describe: objects kept per collection, matrix columns,
+#: characters in a branch or feature name
+MAX_OBJECTS = 1_000
+MAX_FEATURES = 50_000
+MAX_NAME_LENGTH = 256
 
 
 @dataclass
@@ -66,17 +72,28 @@ class Collection:
     quantile: float = 0.95
 
     def __post_init__(self) -> None:
+        where = f"Collection {_name(self.name, 'a collection name')!r}"
+        _names(self.fields, f"{where}: fields")
         if not self.fields:
-            raise FeatureError(f"Collection {self.name!r} lists no fields; give at least one.")
-        if self.n is not None and (not isinstance(self.n, int) or self.n < 1):
+            raise FeatureError(f"{where} lists no fields; give at least one.")
+        if self.n is not None and (not _is_int(self.n) or not 1 <= self.n <= MAX_OBJECTS):
             raise FeatureError(
-                f"Collection {self.name!r}: n must be a positive integer or 'auto', "
+                f"{where}: n must be an integer from 1 to {MAX_OBJECTS:,} or 'auto', "
                 f"not {self.n!r}."
             )
-        if not 0 < self.quantile <= 1:
+        if self.sort_by is not None:
+            _name(self.sort_by, f"{where}: sort_by")
+        if self.prefix is not None and not isinstance(self.prefix, str):
+            raise FeatureError(f"{where}: prefix must be a string, not {self.prefix!r}.")
+        for key in ("ascending", "multiplicity"):
+            if not isinstance(getattr(self, key), bool):
+                raise FeatureError(f"{where}: {key} must be true or false, not "
+                                   f"{getattr(self, key)!r}.")
+        if not _is_number(self.quantile) or not 0 < self.quantile <= 1:
             raise FeatureError(
-                f"Collection {self.name!r}: quantile must be in (0, 1], not {self.quantile!r}."
+                f"{where}: quantile must be in (0, 1], not {self.quantile!r}."
             )
+        _expressions(self.derived, f"{where}: derived")
         self._derived = {
             key: Expression(text, f"derived field {key!r} of collection {self.name!r}")
             for key, text in self.derived.items()
@@ -153,6 +170,11 @@ class FeatureSpec:
     derived: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        _names(self.flat, "flat")
+        _expressions(self.derived, "derived")
+        if not isinstance(self.collections, dict) or not all(
+                isinstance(c, Collection) for c in self.collections.values()):
+            raise FeatureError("collections must map names to collections.")
         self._derived = {
             key: Expression(text, f"derived feature {key!r}") for key, text in self.derived.items()
         }
@@ -162,7 +184,12 @@ class FeatureSpec:
                 "features (run 'mlaas inspect FILE' for a suggested block)."
             )
         names = self.feature_names if self.is_resolved else []
-        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if len(names) > MAX_FEATURES:
+            raise FeatureError(f"The features make {len(names):,} columns; at most "
+                               f"{MAX_FEATURES:,} are allowed. Keep fewer objects per "
+                               "collection (n).")
+        counts = Counter(names)
+        duplicates = sorted(n for n, k in counts.items() if k > 1)
         if duplicates:
             raise FeatureError(f"Feature names appear twice: {', '.join(duplicates)}.")
 
@@ -316,11 +343,7 @@ class FeatureSpec:
         for fld, branch in zip(collection.stored_fields(), collection.branches(), strict=True):
             parts = offsets_and_content(events[branch])
             if parts is None:
-                raise FeatureError(
-                    f"Branch {branch!r} of collection {collection.name!r} is not jagged "
-                    f"(one value per event, type {_type_name(events[branch])}). List it under "
-                    "'flat:' instead, or pick the collection's per-object branches."
-                )
+                raise _not_jagged(events[branch], branch, collection.name)
             these_offsets, content = parts
             if offsets is None:
                 offsets, reference = these_offsets, branch
@@ -374,39 +397,129 @@ class FeatureSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FeatureSpec:
-        """Build from the dict form (a job's ``features:`` block or ``features.json``)."""
+        """Build from the dict form (a job's ``features:`` block or ``features.json``).
+
+        Every value is checked (types, bounds, expressions), so a file from elsewhere
+        cannot make :meth:`transform` slow, huge or wrong.
+        """
+        if not isinstance(data, Mapping):
+            raise FeatureError(f"The features must be a mapping, not {type(data).__name__}.")
+        unknown = sorted(set(data) - _SPEC_KEYS)
+        if unknown:
+            raise FeatureError(f"The features have unknown keys {unknown}; allowed: "
+                               f"{', '.join(sorted(_SPEC_KEYS))}.")
         version = data.get("version", SPEC_VERSION)
         if version != SPEC_VERSION:
             raise FeatureError(
-                f"features.json has version {version}; this mlaas_dask reads version "
+                f"features.json has version {version!r}; this mlaas_dask reads version "
                 f"{SPEC_VERSION}. Retrain the model or upgrade mlaas_dask."
             )
         collections = {}
-        for name, spec in (data.get("collections") or {}).items():
+        blocks = data.get("collections") or {}
+        if not isinstance(blocks, Mapping):
+            raise FeatureError("collections must map collection names to their settings.")
+        for name, spec in blocks.items():
+            if not isinstance(spec, Mapping):
+                raise FeatureError(f"Collection {name!r} must be a mapping of settings, not "
+                                   f"{type(spec).__name__}.")
+            unknown = sorted(set(spec) - _COLLECTION_KEYS)
+            if unknown:
+                raise FeatureError(f"Collection {name!r} has unknown keys {unknown}; allowed: "
+                                   f"{', '.join(sorted(_COLLECTION_KEYS))}.")
             spec = dict(spec)
             n = spec.pop("n", "auto")
             collections[name] = Collection(
                 name=name, n=None if n in (None, "auto") else n, **spec
             )
-        return cls(
-            flat=list(data.get("flat") or []),
+        built = cls(
+            flat=_listed(data.get("flat"), "flat"),
             collections=collections,
-            derived=dict(data.get("derived") or {}),
+            derived=_mapped(data.get("derived"), "derived"),
         )
+        stated = data.get("feature_names")
+        if stated is not None and built.is_resolved and stated != built.feature_names:
+            raise FeatureError("feature_names does not match the features described "
+                               "(flat, collections, derived); the file was edited or is "
+                               "corrupt.")
+        return built
 
     @classmethod
     def from_json(cls, text: str) -> FeatureSpec:
-        return cls.from_dict(json.loads(text))
+        """Build from ``features.json`` text (see :meth:`from_dict`)."""
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError) as err:
+            raise FeatureError(f"The features are not valid JSON: {err}") from None
+        return cls.from_dict(data)
+
+
+#: top-level keys of the dict form, and of one collection
+_SPEC_KEYS = {"version", "flat", "collections", "derived", "feature_names"}
+_COLLECTION_KEYS = {"fields", "n", "sort_by", "ascending", "multiplicity", "derived",
+                    "prefix", "quantile"}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _name(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_NAME_LENGTH \
+            or not value.isprintable():
+        raise FeatureError(f"{what} must be a name of 1 to {MAX_NAME_LENGTH} printable "
+                           f"characters, not {_clip(value)}.")
+    return value
+
+
+def _clip(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:80] + "..."
+
+
+def _names(values: Any, what: str) -> None:
+    if not isinstance(values, list):
+        raise FeatureError(f"{what} must be a list of names, not {type(values).__name__}.")
+    for value in values:
+        _name(value, f"An entry of {what}")
+
+
+def _expressions(values: Any, what: str) -> None:
+    if not isinstance(values, dict):
+        raise FeatureError(f"{what} must map names to expressions, not "
+                           f"{type(values).__name__}.")
+    for key in values:
+        _name(key, f"A name in {what}")
+
+
+def _listed(value: Any, what: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise FeatureError(f"{what} must be a list, not {type(value).__name__} {_clip(value)}.")
+    return list(value)
+
+
+def _mapped(value: Any, what: str) -> dict[Any, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise FeatureError(f"{what} must be a mapping, not {type(value).__name__}.")
+    return dict(value)
 
 
 def estimate_n(counts: np.ndarray, quantile: float = 0.95) -> int:
-    """Objects to keep per event: the ``quantile`` of the sampled multiplicity (at least 1).
+    """Objects to keep per event: the ``quantile`` of the sampled multiplicity (at least 1,
+    at most :data:`MAX_OBJECTS`).
 
     MLaaS4HEP pads to the maximum seen over a full pass; a quantile of a sample keeps the
     matrix small and stable against rare, very busy events.
     """
     counts = np.asarray(counts)
-    return max(1, int(math.ceil(float(np.quantile(counts, quantile)))))
+    return min(MAX_OBJECTS, max(1, math.ceil(float(np.quantile(counts, quantile)))))
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -457,6 +570,20 @@ def _type_name(array: Any) -> str:
         return str(ak.type(array).content)
     except Exception:  # noqa: BLE001 - only for a message
         return type(array).__name__
+
+
+def _not_jagged(array: Any, branch: str, collection: str) -> FeatureError:
+    kind = _type_name(array)
+    if kind.startswith(("var *", "option[var", "?var")) or kind[:1].isdigit():
+        return FeatureError(
+            f"Branch {branch!r} of collection {collection!r} is a list per event but not of "
+            f"numbers (type {kind}); a collection field needs one number per object."
+        )
+    return FeatureError(
+        f"Branch {branch!r} of collection {collection!r} is not jagged (one value per "
+        f"event, type {kind}). List it under 'flat:' instead, or pick the collection's "
+        "per-object branches."
+    )
 
 
 def _flat_values(array: Any, name: str) -> np.ndarray:
