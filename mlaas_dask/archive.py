@@ -32,10 +32,11 @@ from typing import Any, BinaryIO
 
 from mlaas_dask.errors import BundleError
 
-#: default limits: members (files and folders), bytes per file, bytes in all
+#: default limits: members (files and folders), bytes in all, bytes per file (the same:
+#: a bundle is mostly its model file)
 MAX_MEMBERS = 64
-MAX_MEMBER_BYTES = 256 * 1024 * 1024
 MAX_UNPACKED_BYTES = 512 * 1024 * 1024
+MAX_MEMBER_BYTES = MAX_UNPACKED_BYTES
 #: largest pax or GNU long-name header, and most such headers in front of one member
 MAX_EXTENDED_BYTES = 64 * 1024
 MAX_EXTENDED_CHAIN = 4

@@ -14,7 +14,10 @@ Endpoints (``{v}`` parts are optional: without them the newest version answers):
     DELETE /v2/repository/models/{name}[/versions/{v}]          (token)
     GET    /metrics                               Prometheus
 
-Errors are ``{"error": "..."}`` with a 4xx status (503 while not ready or overloaded).
+Errors are ``{"error": "..."}`` with a 4xx status (503 while not ready or overloaded). A
+client that disconnects before its body is complete is logged in one line and counted with
+status 499 (client closed request), as nginx does. Connection limits (head timeout,
+connection cap) are enforced below the app, by :mod:`mlaas_dask.serve.connections`.
 """
 
 from __future__ import annotations
@@ -28,14 +31,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
+import anyio.from_thread
+import anyio.to_thread
 import numpy as np
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from mlaas_dask import __version__
+from mlaas_dask.archive import ArchiveError, ArchiveTooLarge
 from mlaas_dask.bundle import ModelBundle
 from mlaas_dask.errors import MlaasError
 from mlaas_dask.serve import protocol
@@ -54,12 +61,19 @@ from mlaas_dask.serve.errors import (
 )
 from mlaas_dask.serve.events import parse_events
 from mlaas_dask.serve.metrics import Metrics
-from mlaas_dask.serve.repository import ModelRepository, ModelVersion, check_version
+from mlaas_dask.serve.repository import (
+    ModelRepository,
+    ModelVersion,
+    check_name,
+    check_version,
+)
 from mlaas_dask.serve.runtime import ModelRuntime
 
 log = logging.getLogger("mlaas_dask.serve")
 
 EXTENSIONS = ["binary_tensor_data", "model_repository", "mlaas_events"]
+#: status recorded for a request whose client went away before sending all of it (nginx's)
+CLIENT_CLOSED = 499
 Handler = Callable[[Request, "ServerState"], Awaitable[Response]]
 _LABEL = "mlaas.model"  # scope key where handlers note the model and version they served
 
@@ -105,17 +119,7 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 
 async def read_body(request: Request, limit: int, timeout: float) -> bytes:
     """The request body, refusing encodings, bodies over ``limit`` and slow senders."""
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("", "identity"):
-        raise UnsupportedMediaType(
-            f"Content-Encoding {encoding!r} is not supported; send the body uncompressed."
-        )
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise BadRequest(f"Invalid Content-Length header {declared!r}.")
-        if int(declared) > limit:
-            raise _too_large(f"{declared} bytes", limit)
+    check_body_headers(request, limit)
     chunks: list[bytes] = []
     size = 0
     try:
@@ -128,6 +132,59 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
     except TimeoutError:
         raise RequestTimeout(f"The request body did not arrive within {timeout:g} s.") from None
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def check_body_headers(request: Request, limit: int) -> None:
+    """Refuse a body in an encoding the server does not read, or declared over ``limit``."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise UnsupportedMediaType(
+            f"Content-Encoding {encoding!r} is not supported; send the body uncompressed."
+        )
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise BadRequest(f"Invalid Content-Length header {declared!r}.")
+        if int(declared) > limit:
+            raise _too_large(f"{declared} bytes", limit)
+
+
+class BodyReader:
+    """The request body as ``read(n)`` for a worker thread (uploads): each piece is
+    received on the event loop as the thread asks for it, within ``limit`` bytes and
+    ``timeout`` seconds, so the thread works on the body while it still arrives.
+
+    Create it on the event loop; call :meth:`read` only from a thread started with
+    ``anyio.to_thread``.
+    """
+
+    def __init__(self, request: Request, limit: int, timeout: float) -> None:
+        check_body_headers(request, limit)
+        self._stream = request.stream().__aiter__()
+        self._limit = limit
+        self._timeout = timeout
+        self._deadline = asyncio.get_running_loop().time() + timeout
+        self._buffer = b""
+        self.size = 0
+
+    def read(self, n: int) -> bytes:
+        if not self._buffer:
+            self._buffer = anyio.from_thread.run(self._next)
+        piece, self._buffer = self._buffer[:n], self._buffer[n:]
+        return piece
+
+    async def _next(self) -> bytes:
+        try:
+            async with asyncio.timeout_at(self._deadline):
+                chunk = await anext(self._stream, b"")
+        except TimeoutError:
+            raise RequestTimeout(
+                f"The request body did not arrive within {self._timeout:g} s."
+            ) from None
+        self.size += len(chunk)
+        if self.size > self._limit:
+            raise _too_large(f"more than {self._limit} bytes", self._limit)
+        return chunk
 
 
 def _too_large(size: str, limit: int) -> PayloadTooLarge:
@@ -266,8 +323,8 @@ async def repository_index(request: Request, state: ServerState) -> Response:
 
 
 async def load_model(request: Request, state: ServerState) -> Response:
+    name = check_name(request.path_params["name"])
     await _json_body(request, state)
-    name = request.path_params["name"]
     failures = await asyncio.to_thread(state.repo.load, name)
     if failures:
         raise BadRequest(" ".join(failures))
@@ -276,20 +333,30 @@ async def load_model(request: Request, state: ServerState) -> Response:
 
 
 async def unload_model(request: Request, state: ServerState) -> Response:
+    name = check_name(request.path_params["name"])
     await _json_body(request, state)
-    name = request.path_params["name"]
     await asyncio.to_thread(state.repo.unload, name)
     return json_response({"name": name, "unloaded": True})
 
 
 async def upload_model(request: Request, state: ServerState) -> Response:
-    name = request.path_params["name"]
+    """Unpack the body as it arrives, in a worker thread (see ModelRepository.upload)."""
+    name = check_name(request.path_params["name"])
     version = request.query_params.get("version")
+    if version is not None:
+        check_version(version)
     config = state.config
-    archive = await read_body(request, config.max_upload_bytes, config.timeout_s)
-    if not archive:
-        raise BadRequest("The upload is empty; send a bundle .tar.gz as the request body.")
-    version = await asyncio.to_thread(state.repo.upload, name, archive, version)
+    body = BodyReader(request, config.max_upload_bytes, config.timeout_s)
+    try:
+        version = await anyio.to_thread.run_sync(
+            state.repo.upload, name, body.read, version, config.upload_limits)
+    except ArchiveTooLarge as err:
+        raise PayloadTooLarge(str(err)) from None
+    except ArchiveError:
+        if body.size == 0:
+            raise BadRequest("The upload is empty; send a bundle .tar.gz as the request "
+                             "body.") from None
+        raise
     return json_response({"name": name, "version": version}, status=201)
 
 
@@ -318,6 +385,10 @@ def _endpoint(state: ServerState, label: str, handler: Handler, access: str) -> 
             response = await handler(request, state)
         except ServeError as err:
             response = error_response(err.status, str(err), err.headers)
+        except ClientDisconnect:
+            log.info("%s %s: the client disconnected before sending the whole body",
+                     request.method, request.url.path)
+            response = error_response(CLIENT_CLOSED, "The client closed the connection.")
         except MlaasError as err:  # FeatureError, BundleError: the client's input
             response = error_response(400, str(err))
         except Exception:  # noqa: BLE001 - logged; the server keeps serving

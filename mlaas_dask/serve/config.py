@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlaas_dask.archive import MAX_MEMBER_BYTES, MAX_MEMBERS, MAX_UNPACKED_BYTES, ArchiveLimits
+
 #: environment variable holding the bearer token when no token file is given
 TOKEN_ENV = "MLAAS_SERVE_TOKEN"
 #: environment variable through which ``--workers N`` passes the settings to each process
@@ -39,7 +41,10 @@ class ServeConfig:
     max_body_bytes
         Largest request body (413 above), uploads excepted.
     max_upload_bytes
-        Largest bundle archive upload.
+        Largest bundle archive upload (compressed, as sent).
+    max_upload_members, max_upload_file_bytes, max_upload_unpacked_bytes
+        What an uploaded archive may hold: members, unpacked bytes of one file and of all
+        files (413 at the first member over a limit, while the upload streams in).
     timeout_s
         Time allowed to receive a body and to compute a prediction.
     threads
@@ -49,6 +54,16 @@ class ServeConfig:
     poll_s
         With several worker processes, how often each checks the repository for changes
         made through another process.
+    max_connections
+        Open connections per process beyond which requests get 503 at once (and the
+        connection idle the longest is closed to make room).
+    header_timeout_s
+        Time a client has to send its request head (line and headers) once it connects or
+        starts the next request; then 408 and the connection is closed.
+    max_header_bytes
+        Largest request head (431 above).
+    keep_alive_s
+        How long an idle kept-alive connection stays open.
     """
 
     models: Path
@@ -63,11 +78,24 @@ class ServeConfig:
     threads: int = 0
     max_queue_rows: int = 1_000_000
     poll_s: float = 1.0
+    max_upload_members: int = MAX_MEMBERS
+    max_upload_file_bytes: int = MAX_MEMBER_BYTES
+    max_upload_unpacked_bytes: int = MAX_UNPACKED_BYTES
+    max_connections: int = 1000
+    header_timeout_s: float = 10.0
+    max_header_bytes: int = 64 * 1024
+    keep_alive_s: float = 30.0
 
     def __post_init__(self) -> None:
         self.models = Path(self.models)
         if self.token_file is not None:
             self.token_file = Path(self.token_file)
+
+    @property
+    def upload_limits(self) -> ArchiveLimits:
+        """What an uploaded archive may hold."""
+        return ArchiveLimits(self.max_upload_members, self.max_upload_file_bytes,
+                             self.max_upload_unpacked_bytes)
 
     @property
     def n_threads(self) -> int:

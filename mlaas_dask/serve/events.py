@@ -11,8 +11,8 @@ explains a misuse (a jagged branch listed as flat, say) exactly as it would at t
 time. Only the branches the FeatureSpec reads are converted; other keys are ignored.
 
 Numbers with a fraction become float32 (the type of nearly all HEP branches, so derived
-features are computed as at training time), whole numbers int64, booleans bool; ``null``
-marks a missing flat value (XGBoost's "missing").
+features are computed as at training time), whole numbers int64 (float32 beyond its
+range), booleans bool; ``null`` marks a missing flat value (XGBoost's "missing").
 """
 
 from __future__ import annotations
@@ -225,6 +225,10 @@ def _numbers(values: list[Any]) -> np.ndarray | None:
         return None
     if array.dtype.kind == "O" and all(_is_number(v) for v in values):
         array = np.array(values, dtype=np.float64)  # integers beyond 64 bits
+    elif array.dtype.kind == "u":
+        # whole numbers >= 2**63: numpy makes them uint64, which awkward's kernels and
+        # the features' int64 arithmetic do not take; as floats, like larger ones
+        array = array.astype(np.float64)
     if array.ndim != 1 or (array.size and array.dtype.kind not in "biuf"):
         return None
     if array.dtype.kind == "f" or array.size == 0:

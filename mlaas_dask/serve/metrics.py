@@ -1,6 +1,7 @@
 """Prometheus metrics of the server, in a registry of its own (one per app).
 
-- ``mlaas_requests_total{model, version, endpoint, status}``
+- ``mlaas_requests_total{model, version, endpoint, status}`` (status 499: the client
+  disconnected before sending its whole request)
 - ``mlaas_request_duration_seconds{model, endpoint}`` (histogram)
 - ``mlaas_events_scored_total{model, version}``
 - ``mlaas_batch_rows`` and ``mlaas_batch_requests`` (histograms of the dynamic batches)

@@ -171,52 +171,61 @@ def parse_infer_request(
     name = tensor.get("name")
     if name != INPUT_NAME:
         raise BadRequest(f"Unknown input {name!r}; expected {expected}.")
-    matrix, used = _read_tensor(tensor, binary, 0)
+    request_id = header.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        # the protocol's id is a string; Triton refuses other types the same way
+        raise BadRequest(f"The request 'id' must be a string, got {kind_of(request_id)}.")
+    shape = _declared_shape(tensor)
+    _check_shape(shape, n_features, max_rows)
+    matrix, used = _read_tensor(tensor, shape, binary, 0)
     if binary is not None and used != len(binary):
         raise BadRequest(
             f"The body has {len(binary) - used} bytes of binary data that no input claims "
             "(check each input's binary_data_size)."
         )
-    _check_matrix(matrix, n_features, max_rows)
-    parameters = header.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise BadRequest("The request 'parameters' must be a JSON object.")
-    request_id = header.get("id")
+    parameters = _expect_object(header.get("parameters") or {}, "The request 'parameters'")
     return InferRequest(
         matrix=matrix,
-        request_id=None if request_id is None else str(request_id),
+        request_id=request_id,
         outputs=_requested_outputs(header.get("outputs")),
         binary_default=bool(parameters.get("binary_data_output", False)),
         parameters=parameters,
     )
 
 
-def _check_matrix(matrix: np.ndarray, n_features: int, max_rows: int) -> None:
-    if matrix.ndim != 2 or matrix.shape[1] != n_features:
+def _declared_shape(tensor: Mapping[str, Any]) -> list[int]:
+    shape = tensor.get("shape")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        shown = repr(shape) if len(repr(shape)) <= 80 else repr(shape)[:80] + "..."
         raise BadRequest(
-            f"Input {INPUT_NAME!r} has shape {list(matrix.shape)}; expected [n, {n_features}] "
+            f"Input {tensor.get('name')!r}: 'shape' must be a list of non-negative integers, "
+            f"e.g. [n, F]; got {shown}."
+        )
+    return shape
+
+
+def _check_shape(shape: list[int], n_features: int, max_rows: int) -> None:
+    """The declared shape, checked before any data is read: [n, F], n within the limit."""
+    if len(shape) != 2 or shape[1] != n_features:
+        shown = str(shape) if len(shape) <= 8 else f"of {len(shape)} dimensions"
+        raise BadRequest(
+            f"Input {INPUT_NAME!r} has shape {shown}; expected [n, {n_features}] "
             f"(n events, {n_features} features each)."
         )
-    if matrix.shape[0] > max_rows:
+    if shape[0] > max_rows:
         raise PayloadTooLarge(
-            f"The request holds {matrix.shape[0]} rows; at most {max_rows} are allowed per "
+            f"The request holds {shape[0]} rows; at most {max_rows} are allowed per "
             "request. Split it into smaller requests."
         )
 
 
 def _read_tensor(
-    tensor: Mapping[str, Any], binary: memoryview | None, offset: int
+    tensor: Mapping[str, Any], shape: list[int], binary: memoryview | None, offset: int
 ) -> tuple[np.ndarray, int]:
-    """The tensor as float32 in its declared shape, and the binary bytes it used."""
+    """The tensor as float32 in its (checked) ``shape``, and the binary bytes it used."""
     name = tensor.get("name")
-    shape = tensor.get("shape")
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
-        raise BadRequest(
-            f"Input {name!r}: 'shape' must be a list of non-negative integers, e.g. [n, F]; "
-            f"got {shape!r}."
-        )
     datatype = tensor.get("datatype")
     dtype = DATATYPES.get(datatype) if isinstance(datatype, str) else None
     if dtype is None:
@@ -225,9 +234,7 @@ def _read_tensor(
             f"numeric type: {', '.join(DATATYPES)})."
         )
     count = math.prod(shape)
-    parameters = tensor.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise BadRequest(f"Input {name!r}: 'parameters' must be a JSON object.")
+    parameters = _expect_object(tensor.get("parameters") or {}, f"Input {name!r}: 'parameters'")
     size = parameters.get("binary_data_size")
     if size is not None:
         array = _binary_data(name, size, binary, offset, count, dtype)
@@ -240,7 +247,18 @@ def _read_tensor(
         array = _json_data(name, tensor["data"], count, dtype, datatype)
         used = 0
     with np.errstate(over="ignore", invalid="ignore"):
-        return array.reshape(shape).astype(np.float32, copy=False), used
+        matrix = array.reshape(shape).astype(np.float32, copy=False)
+    if dtype == np.float64 and array.size:
+        _check_fits(name, array, matrix, "the model's FP32 input")
+    return matrix, used
+
+
+def _check_fits(name: Any, values: np.ndarray, converted: np.ndarray, what: str) -> None:
+    """Refuse finite ``values`` that became infinite in ``converted``."""
+    overflow = np.isinf(converted.reshape(-1)) & np.isfinite(values.reshape(-1))
+    if overflow.any():
+        value = _python(values.reshape(-1)[np.argmax(overflow)])
+        raise BadRequest(f"Input {name!r}: {value!r} is beyond the range of {what}.")
 
 
 def _binary_data(
@@ -279,27 +297,68 @@ def _json_data(
             f"Input {name!r}: 'data' must be a flat list of numbers or nested lists of equal "
             "length (row-major)."
         ) from None
-    allowed = "b" if datatype == "BOOL" else "iuf"
-    if array.size and array.dtype.kind not in allowed:
+    numbers = array.dtype.kind in "iuf" or (
+        array.dtype.kind == "O" and _first_bad(data, "FP64") is None)
+    if array.size and not (array.dtype.kind == "b" if datatype == "BOOL" else numbers):
+        bad = _first_bad(data, datatype) or "values of mixed kinds"
         raise BadRequest(
-            f"Input {name!r}: 'data' holds {_first_bad(data, datatype)} but the datatype is "
-            f"{datatype}; send numbers only (NaN is not JSON: use the binary extension for "
-            "missing values)."
+            f"Input {name!r}: 'data' holds {bad} but the datatype is {datatype}; send "
+            "numbers only (NaN is not JSON: use the binary extension for missing values)."
         )
     if array.size != count:
         raise BadRequest(
             f"Input {name!r}: 'data' holds {array.size} values but the shape needs {count}."
         )
-    if array.dtype.kind == "f" and dtype.kind in "iu":
-        raise BadRequest(
-            f"Input {name!r}: 'data' holds numbers with a fraction but the datatype is "
-            f"{datatype}; declare FP32 for real numbers."
-        )
+    if dtype.kind in "iu" and array.size:
+        return _integers(name, data, array.reshape(-1), dtype, datatype)
+    if array.dtype.kind == "O":  # integers beyond 64 bits: as floats
+        array = np.array(data, dtype=np.float64)
+    array = array.reshape(-1)
     with np.errstate(over="ignore", invalid="ignore"):
-        return array.reshape(-1).astype(dtype, copy=False)
+        converted = array.astype(dtype, copy=False)
+    if dtype.kind == "f" and array.size:
+        _check_fits(name, array, converted, datatype)
+    return converted
 
 
-def _first_bad(data: Any, datatype: str) -> str:
+def _integers(name: Any, data: list[Any], array: np.ndarray, dtype: np.dtype[Any],
+              datatype: str) -> np.ndarray:
+    """Integer data, exactly: each value a JSON integer within the datatype's range (300
+    is not an INT8, -1 not a UINT8; nothing wraps around)."""
+    if array.dtype.kind not in "iu":
+        # floats, or integers numpy could not keep in one integer type ([0, 2**64 - 1]
+        # becomes float64): look at the values themselves
+        values = np.array(data, dtype=object).reshape(-1)
+        fraction = next((v for v in values if isinstance(v, float)), None)
+        if fraction is not None:
+            if not fraction.is_integer() or abs(fraction) < 2**63:
+                raise BadRequest(
+                    f"Input {name!r}: 'data' holds numbers with a fraction but the datatype "
+                    f"is {datatype}; declare FP32 for real numbers."
+                )
+            _out_of_range(name, fraction, dtype, datatype)  # an integer beyond 64 bits
+        array = values
+    info = np.iinfo(dtype)
+    low, high = (_python(v) for v in (array.min(), array.max()))  # exact comparisons
+    if low < info.min or high > info.max:
+        _out_of_range(name, low if low < info.min else high, dtype, datatype)
+    return array.astype(dtype)
+
+
+def _out_of_range(name: Any, value: Any, dtype: np.dtype[Any], datatype: str) -> None:
+    info = np.iinfo(dtype)
+    raise BadRequest(
+        f"Input {name!r}: 'data' holds {value}, out of the range of {datatype} "
+        f"({info.min} to {info.max}); declare a wider datatype, or FP32."
+    )
+
+
+def _python(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _first_bad(data: Any, datatype: str) -> str | None:
+    """What the first value of the wrong kind is ("a string"), ``None`` if there is none."""
     stack = [data]
     while stack:
         value = stack.pop()
@@ -309,7 +368,7 @@ def _first_bad(data: Any, datatype: str) -> str:
             return kind_of(value)
         elif datatype != "BOOL" and (isinstance(value, bool) or not _is_number(value)):
             return kind_of(value)
-    return "values of mixed kinds"
+    return None
 
 
 def _is_number(value: Any) -> bool:
@@ -327,7 +386,8 @@ def _requested_outputs(outputs: Any) -> list[tuple[str, bool | None]] | None:
         name = output.get("name")
         if not isinstance(name, str):
             raise BadRequest(f"outputs[{i}] needs a 'name' (a string).")
-        binary = (output.get("parameters") or {}).get("binary_data")
+        parameters = _expect_object(output.get("parameters") or {}, f"outputs[{i}].parameters")
+        binary = parameters.get("binary_data")
         requested.append((name, None if binary is None else bool(binary)))
     return requested
 

@@ -10,8 +10,10 @@ Versions are positive integers. Loading (re)reads every version of a model in th
 thread, then replaces the model's entry in one assignment: requests that already hold the
 old entry finish on it, new requests get the new one, so a reload fails no request. A
 version that fails validation never replaces a working one: the working one keeps serving
-and the failure is reported. Uploads are unpacked safely into a hidden folder next to their
-final place, validated by loading them, and renamed into place only then.
+and the failure is reported. Uploads are unpacked safely as they arrive into a hidden
+staging folder of the repository, validated by loading them, and renamed into place only
+then (the one step that holds the repository lock). Messages name bundles relative to the
+repository (``hep/2``), never by their folder on the server.
 
 With several server processes (``mlaas serve --workers N``) the repository folder is the
 shared truth: every write bumps ``DIR/.mlaas-repository.json`` and each process reloads
@@ -20,6 +22,7 @@ when it sees a newer generation there (:meth:`ModelRepository.sync`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -33,14 +36,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlaas_dask.bundle import ModelBundle, extract_archive
+from mlaas_dask.archive import ArchiveLimits, Source, extract_tar_gz
+from mlaas_dask.bundle import ModelBundle
 from mlaas_dask.errors import MlaasError, did_you_mean
 from mlaas_dask.serve.errors import BadRequest, Conflict, NotFound
 
 log = logging.getLogger("mlaas_dask.serve")
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-VERSION_RE = re.compile(r"^[1-9][0-9]{0,8}$")
+#: whole names only (always used with fullmatch: ``$`` would accept a trailing newline)
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+VERSION_RE = re.compile(r"[1-9][0-9]{0,8}")
 STATE_FILE = ".mlaas-repository.json"
 BUNDLE_MARKER = "metadata.json"
 
@@ -74,7 +79,7 @@ class ModelEntry:
 
 def check_name(name: str) -> str:
     """``name`` if it is a valid model name, else :class:`BadRequest`."""
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise BadRequest(
             f"Invalid model name {name!r}: use letters, digits, '_', '-' and '.', starting "
             "with a letter or digit (at most 128 characters)."
@@ -84,7 +89,7 @@ def check_name(name: str) -> str:
 
 def check_version(version: str) -> str:
     """``version`` if it is a valid version (a positive integer), else :class:`BadRequest`."""
-    if not VERSION_RE.match(version):
+    if not VERSION_RE.fullmatch(version):
         raise BadRequest(f"Invalid model version {version!r}: versions are positive integers.")
     return version
 
@@ -176,13 +181,14 @@ class ModelRepository:
             return found
         for model_dir in sorted(self.root.iterdir()):
             name = model_dir.name
-            if not model_dir.is_dir() or not NAME_RE.match(name):
+            if not model_dir.is_dir() or not NAME_RE.fullmatch(name):
                 continue
             if (model_dir / BUNDLE_MARKER).is_file():
                 found[name] = {"1": model_dir}
                 continue
             versions = {
-                v.name: v for v in model_dir.iterdir() if v.is_dir() and VERSION_RE.match(v.name)
+                v.name: v for v in model_dir.iterdir()
+                if v.is_dir() and VERSION_RE.fullmatch(v.name)
             }
             if versions:
                 found[name] = versions
@@ -257,20 +263,32 @@ class ModelRepository:
             self._unloaded.discard(name)
             return failures
 
-    def _load_version(self, name: str, version: str, path: Path) -> ModelVersion:
+    def _load_version(self, name: str, version: str, path: Path,
+                      notify: bool = True) -> ModelVersion:
+        """Load the bundle at ``path``; errors name it as clients see it (``hep/2``, or
+        the uploaded bundle), never by its path on the server."""
         try:
             bundle = ModelBundle.load(path)
-        except MlaasError:
-            self._notify(name, version, False)
-            raise
         except Exception as err:  # noqa: BLE001 - a broken file must not stop the others
-            self._notify(name, version, False)
-            raise MlaasError(f"Model bundle {path} cannot be loaded: {err}") from err
+            if notify:
+                self._notify(name, version, False)
+            text = str(err) if isinstance(err, MlaasError) else (
+                f"Model bundle {path} cannot be loaded: {type(err).__name__}: {err}")
+            raise MlaasError(self._relative(text, path)) from None
         runtime = self.make_runtime(bundle) if self.make_runtime else None
         self._failures.pop((name, version), None)
-        self._notify(name, version, True)
+        if notify:
+            self._notify(name, version, True)
         log.info("loaded model %s version %s from %s", name, version, path)
         return ModelVersion(name, version, bundle, runtime)
+
+    def _relative(self, text: str, path: Path) -> str:
+        """``text`` with ``path`` (and the repository folder) named relative to the
+        repository: clients never see the server's folders."""
+        shown = path.relative_to(self.root).as_posix()
+        if shown.startswith(".upload-"):
+            shown = "<upload>"
+        return text.replace(str(path), shown).replace(str(self.root), "<repository>")
 
     def _record_failure(
         self, name: str, version: str, err: Exception, old: ModelEntry | None
@@ -307,39 +325,51 @@ class ModelRepository:
 
     # -- writing (worker threads) ---------------------------------------------------------
 
-    def upload(self, name: str, archive: bytes, version: str | None = None) -> str:
+    def upload(self, name: str, archive: Source, version: str | None = None,
+               limits: ArchiveLimits | None = None) -> str:
         """Validate a bundle ``.tar.gz`` and add it as a new version; returns the version.
 
-        The archive is unpacked safely (only regular files in one folder), loaded to check
-        it, renamed into place, and then served beside the older versions.
+        The archive (bytes, or a ``read(n)`` function over a body still arriving) is
+        unpacked as it is read, safely and within ``limits``, into a hidden staging folder
+        of the repository, loaded to check it, and renamed into place. Only that rename
+        holds the repository lock: other writes go on while an upload streams in, and a
+        refused upload leaves nothing behind.
         """
-        with self._lock:
-            check_name(name)
-            if version is not None:
-                check_version(version)
-            model_dir = self.root / name
-            if (model_dir / BUNDLE_MARKER).is_file():
-                raise Conflict(
-                    f"Model {name!r} is a bundle folder without versions; move it to "
-                    f"{model_dir}/1/ to add versions to it."
-                )
-            model_dir.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=".upload-", dir=model_dir))
-            try:
-                extract_archive(archive, staging, name="The uploaded archive")
-                model = self._load_version(name, "upload", staging)
+        check_name(name)
+        if version is not None:
+            check_version(version)
+        self._check_versioned(name)
+        staging = Path(tempfile.mkdtemp(prefix=f".upload-{name}-", dir=self.root))
+        try:
+            extract_tar_gz(archive, staging, "The uploaded archive", limits)
+            model = self._load_version(name, "upload", staging, notify=False)
+            os.chmod(staging, 0o755)  # as trained bundles (mkdtemp makes it 0700)
+            with self._lock:
                 version = self._place(name, staging, version)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
-            model.version = version
-            model.bundle.path = model_dir / version
-            entry = self._models.get(name)
-            self._swap(name, {**(entry.versions if entry else {}), version: model})
-            self._unloaded.discard(name)
-            self._bump()
-            return version
+                model.version = version
+                model.bundle.path = self.root / name / version
+                entry = self._models.get(name)
+                self._swap(name, {**(entry.versions if entry else {}), version: model})
+                self._unloaded.discard(name)
+                self._bump()
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        self._notify(name, version, True)
+        return version
+
+    def _check_versioned(self, name: str) -> None:
+        model_dir = self.root / name
+        if (model_dir / BUNDLE_MARKER).is_file():
+            raise Conflict(
+                f"Model {name!r} is a bundle folder without versions; move its files to "
+                f"{name}/1/ in the repository to add versions to it."
+            )
+        if model_dir.exists() and not model_dir.is_dir():
+            raise Conflict(f"The repository holds a file named {name!r}, not a model folder.")
 
     def _place(self, name: str, staging: Path, version: str | None) -> str:
+        """Rename ``staging`` to the model's new version folder (under the lock)."""
+        self._check_versioned(name)
         existing = self.scan().get(name, {})
         if version is None:
             version = str(max((int(v) for v in existing), default=0) + 1)
@@ -348,9 +378,15 @@ class ModelRepository:
                 f"Model {name!r} already has version {version}. Delete it first, or upload "
                 "without ?version= to get the next free version."
             )
+        model_dir = self.root / name
+        created = not model_dir.exists()
+        model_dir.mkdir(exist_ok=True)
         try:
-            os.rename(staging, self.root / name / version)
+            os.rename(staging, model_dir / version)
         except OSError:
+            if created:
+                with contextlib.suppress(OSError):
+                    model_dir.rmdir()
             raise Conflict(
                 f"Model {name!r} version {version} appeared while uploading; retry."
             ) from None

@@ -189,13 +189,16 @@ def run_uvicorn(app: Any) -> Any:
     import httpx
     import uvicorn
 
+    from mlaas_dask.serve.connections import uvicorn_options
+
     @contextlib.contextmanager
     def running() -> Iterator[LiveServer]:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-        config = uvicorn.Config(app, log_level="warning", lifespan="on")
+        config = uvicorn.Config(app, log_level="warning", lifespan="on",
+                                **uvicorn_options(app.state.server.config))
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
         thread.start()

@@ -348,27 +348,30 @@ def _file(name: str) -> bytes:
 
 
 UNSAFE = [
-    (_file("/etc/evil"), "has an absolute or parent path"),
-    (_file("bundle/../../evil"), "has an absolute or parent path"),
-    (_symlink(), "is not a regular file \\(links and devices are refused\\)"),
-    (_device(), "is not a regular file"),
-    (_file("a/b/c/model.ubj"), "is nested too deep"),
-    (b"not a tarball", "is not a readable .tar.gz archive"),
-    (tar_bytes({f"b/f{i}": b"" for i in range(65)}), "has 65 members; at most 64 allowed"),
-    (tar_bytes({"b/model.ubj": b"x"}), "is not a complete model bundle: features.json, "
-                                       "metadata.json, metrics.json missing"),
+    (_file("/etc/evil"), 400, "has an absolute or parent path"),
+    (_file("bundle/../../evil"), 400, "has an absolute or parent path"),
+    (_symlink(), 400, "is not a regular file \\(links, devices and sparse files are refused\\)"),
+    (_device(), 400, "is not a regular file"),
+    (_file("a/b/c/model.ubj"), 400, "is nested too deep"),
+    (b"not a tarball", 400, "is not a readable .tar.gz archive"),
+    (tar_bytes({f"b/f{i}": b"" for i in range(65)}), 413,
+     "has more than 64 members \\(the limit\\): at most 64 allowed"),
+    (tar_bytes({"b/model.ubj": b"x"}), 400, "^<upload> is not a complete model bundle: "
+                                            "features.json, metadata.json, metrics.json missing"),
 ]
 
 
-@pytest.mark.parametrize(("archive", "message"), UNSAFE,
+@pytest.mark.parametrize(("archive", "status", "message"), UNSAFE,
                          ids=["absolute", "dotdot", "symlink", "device", "deep", "garbage",
                               "members", "incomplete"])
-def test_unsafe_or_broken_uploads_are_refused(app_client, archive, message):
+def test_unsafe_or_broken_uploads_are_refused(app_client, archive, status, message):
     response = app_client.post("/v2/repository/models/hep/upload", content=archive,
                                headers=AUTH)
-    assert re.search(message, error_of(response, 400))
+    assert re.search(message, error_of(response, status)), error_of(response, status)
     repo = app_client.app.state.server.config.models
     assert sorted(p.name for p in (repo / "hep").iterdir()) == ["1", "2"]  # nothing left
+    assert sorted(p.name for p in repo.iterdir()) == [".mlaas-repository.json", "hep"] or \
+        sorted(p.name for p in repo.iterdir()) == ["hep"]  # no staging folder either
     assert app_client.get("/v2/models/hep").json()["versions"] == ["1", "2"]
 
 
