@@ -307,7 +307,11 @@ def _load_skops(model_file: Path, trusted_types: Sequence[str], spec: FeatureSpe
         model = skops.io.loads(data, trusted=untrusted)
     except Exception as err:  # noqa: BLE001 - a corrupt file, whatever skops says
         raise BundleError(f"{where} cannot be loaded ({type(err).__name__}: {err}).") from None
-    safety.check_native_structures(model, where)
+    try:
+        safety.check_native_structures(model, where)
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError) as err:
+        raise BundleError(f"{where}: the model's trees are malformed ({type(err).__name__}: "
+                          f"{err}); the file is corrupt or crafted.") from None
     _check_scores(model, spec, where)
     return model
 

@@ -176,6 +176,20 @@ def test_refusal_does_not_depend_on_the_module_prefix(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+def test_a_name_hidden_in_a_string_is_refused(tmp_path: Path) -> None:
+    """A Generator names its bit generator in a plain string, which numpy.random then
+    calls: a function there (numpy.random.seed) is refused by name."""
+    import skops.io
+
+    data = skops.io.dumps(np.random.default_rng(0))
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        schema = json.loads(archive.read("schema.json"))
+    schema["content"]["bit_generator"]["content"]["bit_generator"]["content"] = '"seed"'
+    bundle = write_model_bundle(tmp_path / "b", skops_file(schema))
+    with pytest.raises(BundleError, match=r"safe list \(numpy\.random\.seed\)"):
+        ModelBundle.load(bundle)
+
+
 def test_predict_cli_refuses_with_one_paragraph(tmp_path: Path) -> None:
     type_name, build = PAYLOADS["runstring"]
     marker = tmp_path / "marker"
@@ -443,6 +457,16 @@ def test_a_tree_moved_outside_its_estimator_is_refused() -> None:
     model.hidden = _fit("DecisionTreeClassifier").tree_
     with pytest.raises(BundleError, match="sits outside the estimator"):
         check_native_structures(model, "model")
+
+
+def test_a_tree_that_is_not_a_tree_is_refused(tmp_path: Path) -> None:
+    import skops.io
+
+    model = _fit("DecisionTreeClassifier")
+    model.tree_ = {"node_count": 1}
+    bundle = write_model_bundle(tmp_path / "b", skops.io.dumps(model))
+    with pytest.raises(BundleError, match="trees are malformed.*corrupt or crafted"):
+        ModelBundle.load(bundle)
 
 
 def test_gradient_boosting_stages_must_match_the_initial_prediction() -> None:
