@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
+from isal import isal_zlib
+
 from mlaas_dask.errors import BundleError
 
 #: default limits: members (files and folders), bytes in all, bytes per file (the same:
@@ -47,6 +49,7 @@ _BLOCK = 512
 _RECORD = 20 * _BLOCK  # tar pads the archive to a whole record
 _CHUNK = 64 * 1024  # compressed bytes read at a time
 _COPY_CHUNK = 1024 * 1024
+_STREAM_BUFFER = 256 * 1024  # decompressed bytes tarfile asks for at a time
 _EXTENDED = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
              tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
 _REGULAR = (tarfile.REGTYPE, tarfile.AREGTYPE)
@@ -122,13 +125,15 @@ def extract_tar_gz(source: Source, target: Path, name: str = "archive",
     target.mkdir(parents=True, exist_ok=True)
     written: set[str] = set()
     try:
-        with tarfile.open(fileobj=stream, mode="r|", tarinfo=_Header) as tar:  # type: ignore[call-overload]
+        with tarfile.open(fileobj=stream, mode="r|", tarinfo=_Header,  # type: ignore[call-overload]
+                          bufsize=_STREAM_BUFFER) as tar:
             _extract_members(tar, target, name, limits, written)
+        stream.finish()
     except BaseException as err:
         _remove(target, written, created)  # nothing of a refused archive stays
         if isinstance(err, _Refused):
             raise ArchiveError(f"{name}: {err}") from None
-        if isinstance(err, (tarfile.TarError, EOFError, zlib.error)):
+        if isinstance(err, (tarfile.TarError, EOFError, zlib.error, isal_zlib.error)):
             raise ArchiveError(f"{name} is not a readable .tar.gz archive: {err}") from None
         raise
     return sorted(written)
@@ -250,7 +255,8 @@ class _Gunzip:
         self._read = read
         self._limit = limit
         self._name = name
-        self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip framing
+        # gzip framing; ISA-L inflates 5-7x faster than zlib, the same bytes
+        self._inflate = isal_zlib.decompressobj(16 + zlib.MAX_WBITS)
         self._pending = b""
         self.total = 0
 
@@ -274,6 +280,15 @@ class _Gunzip:
             pieces.append(piece)
             got += len(piece)
         return b"".join(pieces)
+
+    def finish(self) -> None:
+        """Read to the end of the gzip stream (the padding after the tar end, then the
+        trailer), so that its checksum is verified."""
+        while self.read(_CHUNK):
+            pass
+        if not self._inflate.eof:
+            raise ArchiveError(f"{self._name} is not a readable .tar.gz archive: it ends "
+                               "before its gzip stream does (truncated?).")
 
     def close(self) -> None:
         pass

@@ -51,6 +51,7 @@ from mlaas_dask.serve.batching import Batcher, PredictionPool
 from mlaas_dask.serve.config import ServeConfig
 from mlaas_dask.serve.errors import (
     BadRequest,
+    Conflict,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
@@ -328,7 +329,10 @@ async def load_model(request: Request, state: ServerState) -> Response:
     failures = await asyncio.to_thread(state.repo.load, name)
     if failures:
         raise BadRequest(" ".join(failures))
-    entry = state.repo.loaded()[name]
+    entry = state.repo.loaded().get(name)
+    if entry is None:  # unloaded or deleted by a concurrent request
+        raise Conflict(f"Model {name!r} was unloaded or deleted by another request while it "
+                       "loaded; load it again if it should be served.")
     return json_response({"name": name, "versions": entry.sorted_versions()})
 
 

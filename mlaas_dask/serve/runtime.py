@@ -17,6 +17,7 @@ import numpy as np
 
 from mlaas_dask.bundle import ModelBundle
 from mlaas_dask.serve.batching import Batcher, PredictionPool, split_rows
+from mlaas_dask.serve.errors import BadRequest
 from mlaas_dask.serve.events import EventColumns
 
 
@@ -40,11 +41,38 @@ class ModelRuntime:
         self.matrices = Batcher(self.predict_matrices, pool, max_batch_size, max_delay_s)
         self.events = Batcher(self.score_events, pool, max_batch_size, max_delay_s)
 
-    def predict_matrices(self, matrices: list[np.ndarray]) -> list[np.ndarray]:
-        """Scores of each matrix, from one prediction over all of them."""
-        matrix = matrices[0] if len(matrices) == 1 else np.concatenate(matrices)
-        scores = self.bundle.predict_matrix(matrix)
-        return split_rows(scores, [len(m) for m in matrices])
+    def predict_matrices(self, matrices: list[np.ndarray]) -> list[Any]:
+        """Scores of each matrix, from one prediction over all that can be scored (the
+        error of one that cannot)."""
+        results: list[Any] = [self._unscorable(m) for m in matrices]
+        good = [i for i, error in enumerate(results) if error is None]
+        if good:
+            parts = [matrices[i] for i in good]
+            matrix = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            scores = self.bundle.predict_matrix(matrix)
+            for index, values in zip(good, split_rows(scores, [len(p) for p in parts]),
+                                     strict=True):
+                results[index] = values
+        return results
+
+    def _unscorable(self, matrix: np.ndarray) -> BadRequest | None:
+        """Why ``matrix`` cannot be scored: scikit-learn models refuse infinite values,
+        also those that scaling makes infinite (XGBoost takes them); ``None`` if it can."""
+        if self.bundle.kind == "xgboost" or not matrix.size:
+            return None
+        preprocess = self.bundle.preprocess
+        with np.errstate(over="ignore", invalid="ignore"):
+            seen = preprocess.apply(matrix) if preprocess is not None else matrix
+        infinite = np.isinf(seen)
+        if not infinite.any():
+            return None
+        row, column = np.unravel_index(np.argmax(infinite), matrix.shape)
+        return BadRequest(
+            f"Feature {self.bundle.feature_names[column]!r} of event {row} is "
+            f"{matrix[row, column]:g}, which this {self.bundle.kind} model cannot score "
+            "(it takes finite values once scaled; NaN marks a missing value). Send smaller "
+            "values."
+        )
 
     def score_events(self, parts: list[EventColumns]) -> list[Any]:
         """Scores of each request's events, or the exception of a request that failed."""

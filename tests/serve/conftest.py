@@ -61,6 +61,7 @@ class Trained:
     spec: FeatureSpec
     events: Any  # awkward record array (ww then zz)
     matrix: np.ndarray
+    labels: np.ndarray | None = None  # class index of each event
 
 
 def train_bundle(out: Path, classes: list[str], samples: list[str], rounds: int = 20) -> Trained:
@@ -85,7 +86,34 @@ def train_bundle(out: Path, classes: list[str], samples: list[str], rounds: int 
         metadata={"classes": classes, "dataset": {"tree": "events", "id_branches": []}},
         metrics={"auc": 0.5, "events": int(len(labels))},
     )
-    return Trained(out, spec, events, matrix)
+    return Trained(out, spec, events, matrix, labels)
+
+
+def train_sklearn_bundle(out: Path, xgb: Trained) -> Trained:
+    """A scikit-learn bundle (skops, with preprocess.json: NaN filled, features scaled)
+    trained on the same events as ``xgb``, as ``mlaas train`` writes one."""
+    import json
+
+    from sklearn.linear_model import LogisticRegression
+
+    from mlaas_dask.features import Preprocess
+    from mlaas_dask.train.sklearn import serialise
+
+    labels = xgb.labels
+    filled = np.where(np.isnan(xgb.matrix), 0.0, xgb.matrix)
+    mean, scale = filled.mean(axis=0), filled.std(axis=0)
+    preprocess = Preprocess(0.0, tuple(mean.tolist()),
+                            tuple(np.where(scale > 0, scale, 1.0).tolist()))
+    estimator = LogisticRegression(max_iter=200).fit(preprocess.apply(xgb.matrix), labels)
+    model_file, data = serialise(estimator, log=print)
+    write_bundle(
+        out, model=data, model_file=model_file, spec=xgb.spec,
+        metadata={"classes": ["background", "signal"], "dataset": {"tree": "events",
+                                                                  "id_branches": []}},
+        metrics={"auc": 0.5, "events": int(len(labels))},
+        extra_files={"preprocess.json": json.dumps(preprocess.to_dict()).encode()},
+    )
+    return Trained(out, xgb.spec, xgb.events, xgb.matrix, labels)
 
 
 @pytest.fixture(scope="session")
@@ -102,6 +130,12 @@ def trained_multi(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     """A three-class model: WW, WZ, ZZ."""
     out = tmp_path_factory.mktemp("bundles") / "multi"
     return train_bundle(out, ["ww", "wz", "zz"], ["ww", "wz", "zz"], rounds=10)
+
+
+@pytest.fixture(scope="session")
+def trained_sklearn(tmp_path_factory: pytest.TempPathFactory, trained: Trained) -> Trained:
+    """A scikit-learn (skops) binary model on the same events."""
+    return train_sklearn_bundle(tmp_path_factory.mktemp("bundles") / "sklearn", trained)
 
 
 @pytest.fixture(scope="session")
