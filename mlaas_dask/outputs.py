@@ -55,7 +55,7 @@ def check_free_space(path: str | os.PathLike[str], needed: int, what: str) -> No
     free = free_bytes(path)
     if free is not None and free < needed:
         raise DiskSpaceError(
-            f"Not enough disk space for {what} at {path}: it needs at least {human(needed)} "
+            f"Not enough disk space for {what} at {path}: it needs about {human(needed)} "
             f"and {human(free)} are free there. Nothing was written. Free some space, or "
             "choose another --out on a disk with room."
         )
@@ -76,7 +76,7 @@ def reporting_full_disk(path: str | os.PathLike[str], needed: int, what: str,
         free = free_bytes(path)
         raise DiskSpaceError(
             f"The disk filled up while writing {what} at {path} ({os.strerror(err.errno)}): "
-            f"it needs at least {human(needed)}"
+            f"it needs about {human(needed)}"
             + (f" and {human(free)} are free there now" if free is not None else "")
             + ". Nothing was left half-written. Free some space, or choose another --out "
             "on a disk with room."

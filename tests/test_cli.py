@@ -235,7 +235,7 @@ def test_predict_refuses_a_too_small_disk_before_any_work(capsys, tmp_path: Path
                              "--out", str(disk / "scores"))
     assert code == 2 and "Traceback" not in err
     assert err.startswith(f"mlaas predict: error: Not enough disk space for the score files "
-                          f"at {disk / 'scores'}: it needs at least ")
+                          f"at {disk / 'scores'}: it needs about ")
     assert "Nothing was written" in err and "Scoring" not in out  # before reading a file
     assert entries(disk) == []
 
@@ -261,7 +261,7 @@ def test_predict_disk_filling_up_while_writing(client, tmp_path: Path, disk: Pat
     with pytest.raises(DiskSpaceError) as err:
         predict_files(bundle, [str(f) for f in files], out, overwrite=True, **options)
     assert str(err.value).startswith(f"The disk filled up while writing the score files at "
-                                     f"{out} (No space left on device): it needs at least ")
+                                     f"{out} (No space left on device): it needs about ")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == earlier  # no .partial-*
     (out / "predict.json").unlink()
     for name in earlier:
