@@ -15,6 +15,8 @@ Modules, one concept each:
 - :mod:`~mlaas_dask.serve.metrics` -- Prometheus metrics,
 - :mod:`~mlaas_dask.serve.auth` -- bearer tokens for write (and optionally read) endpoints,
 - :mod:`~mlaas_dask.serve.config` -- the server settings,
+- :mod:`~mlaas_dask.serve.connections` -- head timeout, head size and connection limits
+  (a uvicorn protocol),
 - :mod:`~mlaas_dask.serve.app` -- the Starlette application.
 
 Importing this package is light; :func:`create_app` imports Starlette when called.

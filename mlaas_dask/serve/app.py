@@ -165,14 +165,16 @@ class BodyReader:
         self._limit = limit
         self._timeout = timeout
         self._deadline = asyncio.get_running_loop().time() + timeout
-        self._buffer = b""
+        self._chunk = memoryview(b"")
+        self._offset = 0
         self.size = 0
 
     def read(self, n: int) -> bytes:
-        if not self._buffer:
-            self._buffer = anyio.from_thread.run(self._next)
-        piece, self._buffer = self._buffer[:n], self._buffer[n:]
-        return piece
+        if self._offset >= len(self._chunk):
+            self._chunk, self._offset = memoryview(anyio.from_thread.run(self._next)), 0
+        piece = self._chunk[self._offset:self._offset + n]
+        self._offset += len(piece)
+        return bytes(piece)
 
     async def _next(self) -> bytes:
         try:

@@ -135,7 +135,7 @@ class GuardedProtocol(HttpToolsProtocol):
     def _refuse(self, status: int, phrase: str, message: str) -> None:
         self._disarm()
         client = "%s:%d" % self.client if self.client else "a client"
-        log.info("closing the connection of %s: %s", client, message)
+        log.debug("closing the connection of %s: %s", client, message)
         body = ('{"error": "%s"}' % message).encode()
         self.transport.write(
             b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"

@@ -48,6 +48,8 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 VERSION_RE = re.compile(r"[1-9][0-9]{0,8}")
 STATE_FILE = ".mlaas-repository.json"
 BUNDLE_MARKER = "metadata.json"
+#: age (seconds) beyond which a hidden staging or trash folder is a leftover
+STALE_S = 3600.0
 
 
 @dataclass
@@ -218,6 +220,7 @@ class ModelRepository:
 
     def load_all(self) -> list[str]:
         """Load every model on disk that was not unloaded; returns the failure messages."""
+        self._remove_stale()
         failures = []
         for name in self.scan():
             if name in self._unloaded:
@@ -227,6 +230,20 @@ class ModelRepository:
             except MlaasError as err:
                 failures.append(str(err))
         return failures
+
+    def _remove_stale(self) -> None:
+        """Remove staging and trash folders left by a server that was killed mid-upload or
+        mid-delete (older than :data:`STALE_S`: any live upload is much younger)."""
+        if not self.root.is_dir():
+            return
+        now = time.time()
+        for path in self.root.iterdir():
+            if path.name.startswith((".upload-", ".deleted-")) and path.is_dir():
+                with contextlib.suppress(OSError):
+                    if now - path.stat().st_mtime > STALE_S:
+                        shutil.rmtree(path, ignore_errors=True)
+                        log.info("removed %s, left by an interrupted upload or delete",
+                                 path.name)
 
     def load(self, name: str) -> list[str]:
         """(Re)load every version of ``name`` from disk, then swap it in at once.

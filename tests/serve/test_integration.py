@@ -227,6 +227,32 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys):
     assert "is empty" in capsys.readouterr().err
     assert main(["serve", "--models", str(tmp_path), "--workers", "0"]) == 2
     assert "--workers must be at least 1" in capsys.readouterr().err
+    assert main(["serve", "--models", str(tmp_path), "--header-timeout", "0"]) == 2
+    assert "--header-timeout must be positive, not 0" in capsys.readouterr().err
+    assert main(["serve", "--models", str(tmp_path), "--max-connections", "0"]) == 2
+    assert "--max-connections must be at least 1" in capsys.readouterr().err
+
+
+def test_cli_connection_and_upload_limits(tmp_path: Path):
+    from mlaas_dask.cli import build_parser
+    from mlaas_dask.cli.serve import config_from_args
+    from mlaas_dask.serve.connections import uvicorn_options
+
+    args = build_parser().parse_args([
+        "serve", "--models", str(tmp_path), "--max-connections", "50", "--header-timeout",
+        "2.5", "--keep-alive", "4", "--max-header-kb", "16", "--max-unpacked-mb", "100"])
+    config = config_from_args(args)
+    assert (config.max_connections, config.header_timeout_s, config.keep_alive_s,
+            config.max_header_bytes) == (50, 2.5, 4.0, 16 * 1024)
+    assert config.upload_limits.unpacked_bytes == config.upload_limits.member_bytes == \
+        100 * 1024 * 1024
+    options = uvicorn_options(config)
+    assert options["limit_concurrency"] == 50 and options["timeout_keep_alive"] == 4.0
+    assert options["http"].header_timeout_s == 2.5
+    assert options["http"].max_header_bytes == 16 * 1024
+    defaults = config_from_args(build_parser().parse_args(["serve", "--models", str(tmp_path)]))
+    assert (defaults.max_connections, defaults.header_timeout_s, defaults.keep_alive_s) == \
+        (1000, 10.0, 30.0)
 
 
 @pytest.mark.slow

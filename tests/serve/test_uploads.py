@@ -175,3 +175,19 @@ def test_failed_upload_leaves_no_model_folder(live_server: LiveServer, trained: 
                              headers=AUTH).status_code == 400
         assert "Unknown model 'fresh'" in _error(http.get("/v2/models/fresh"), 404)
     assert _repo_left(live_server) == ["hep"]
+
+
+def test_leftovers_of_an_interrupted_upload_are_removed_at_start(start_server, make_repo):
+    """A server killed mid-upload leaves a hidden staging folder: the next start removes
+    it once it is old (a fresh one may be another process's upload in progress)."""
+    import os
+
+    root = make_repo()
+    old, fresh = root / ".upload-hep-old", root / ".upload-hep-fresh"
+    for folder in (old, fresh):
+        folder.mkdir()
+        (folder / "model.ubj").write_bytes(b"partial")
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    start_server(create_app(ServeConfig(models=root, threads=1, poll_s=0), token=TOKEN))
+    assert not old.exists() and fresh.exists()
