@@ -161,6 +161,15 @@ MODEL_SCHEMA = {
                                    "improvement on the validation split", default=20),
     "balance_classes": Field((bool,), "reweight classes to equal total weight",
                              default=True),
+    "checkpoint_every": Field((int,), "boosting rounds (XGBoost) or training blocks "
+                              "(partial_fit) between two checkpoints that training resumes "
+                              "from after losing a worker; 0: resume from the start",
+                              default=10, check=_not_negative),
+    "max_retries": Field((int,), "lost workers that training resumes after before the job "
+                         "fails", default=2, check=_not_negative),
+    "collective_timeout": Field((int,), "seconds an XGBoost collective operation may wait "
+                                "for another worker before training fails", default=300,
+                                check=_positive),
 }
 
 SPLIT_SCHEMA = {
@@ -296,6 +305,9 @@ class ModelConfig:
     sample_size: int = 500_000
     scale: bool = True
     fill_value: float = 0.0
+    checkpoint_every: int = 10
+    max_retries: int = 2
+    collective_timeout: int = 300
 
 
 @dataclass

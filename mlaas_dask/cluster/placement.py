@@ -22,7 +22,8 @@ worker's memory limit.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import uuid
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,6 +149,12 @@ def stage_record(client: Any, rule: str, restricted: list[str] | None,
     }
 
 
+def _wait(futures: list[Any], workers: list[str]) -> None:
+    from distributed import wait
+
+    wait(futures)
+
+
 def carry_block(block: Any) -> Any:
     """Identity: the task that carries a block to the worker it is restricted to."""
     return block
@@ -188,14 +195,20 @@ class StagePlan:
                    ran_on={})
 
     def move_for_training(self, device: str, X: dict[str, Any], y: dict[str, Any],
-                          w: dict[str, Any], log: Any = print) -> tuple[dict, dict, dict]:
+                          w: dict[str, Any], log: Any = print,
+                          wait: Callable[[list[Any], list[str]], None] | None = None,
+                          ) -> tuple[dict, dict, dict]:
         """Persist the train and validation splits on the training workers (when the
         rule restricts training), so that ``xgboost.dask`` -- which trains where the data
-        is -- trains there."""
-        from distributed import wait
+        is -- trains there.
 
+        Called again after a lost worker, it places them on the workers that are left.
+        ``wait(futures, workers)`` waits for the moved blocks (it should give up when
+        one of those workers dies); by default :func:`distributed.wait`.
+        """
         workers = self.client.scheduler_info().get("workers", {})
         self.train_workers = select_workers(workers, self.placement.train, "train", device)
+        self.train_threads = None
         splits = ("train", "validation")
         if not self.train_workers and self.placement.train == "auto" and device == "cpu":
             size = sum(d[s].nbytes for s in splits for d in (X, y, w))
@@ -205,12 +218,18 @@ class StagePlan:
         if not self.train_threads:
             log(f"Moving the training data to "
                 f"{', '.join(worker_names(workers, self.train_workers))}")
-        # new keys (an identity per block): the originals may already be held elsewhere,
-        # and a restriction only places tasks that have yet to run
-        arrays = [d[s].map_blocks(carry_block, dtype=d[s].dtype) for s in splits for d in (X, y, w)]
+        # new keys (an identity per block, unique per move): the originals may already be
+        # held elsewhere, a restriction only places tasks that have yet to run, and a
+        # move after a lost worker must not reuse the keys of the move before it
+        arrays = [d[s].map_blocks(carry_block, dtype=d[s].dtype,
+                                  name=f"carry_block-{uuid.uuid4().hex}")
+                  for s in splits for d in (X, y, w)]
+        # strict (loose restrictions let idle workers steal the blocks): blocks lost with
+        # a dead worker then wait for it forever, so training stops on a lost worker
+        # (cancelling them) and moves the splits again (train.xgb.train_resumable)
         moved = self.client.persist(arrays, workers=self.train_workers,
                                     allow_other_workers=False)
-        wait(moved)
+        (wait or _wait)(moved, self.train_workers)
         out: tuple[dict, dict, dict] = (dict(X), dict(y), dict(w))
         for index, split in enumerate(splits):
             for which in range(3):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import importlib
 import platform
 import time
 from dataclasses import dataclass
@@ -120,20 +119,14 @@ def _prepare(job: Any, log: Any) -> tuple[Any, Any, Any]:
 def _run(job: Any, client: Any, dataset: Any, spec: Any, plan: Any, out: Path,
          overwrite: bool, progress: bool, log: Any, t0: float,
          cluster_info: dict[str, Any], placement: Any = None) -> TrainResult:
-    from distributed import fire_and_forget, futures_of, wait
+    from distributed import futures_of, wait
 
     from mlaas_dask.cluster.placement import StagePlan, holders
     from mlaas_dask.train import metrics as metrics_module
     from mlaas_dask.train.finish import evaluate_and_write
     from mlaas_dask.train.fitted import Fitted
     from mlaas_dask.train.matrix import build_matrices
-    from mlaas_dask.train.xgb import (
-        balanced_weights,
-        predict,
-        resolve_device,
-        train_booster,
-        xgboost_params,
-    )
+    from mlaas_dask.train.xgb import balanced_weights, predict, resolve_device, xgboost_params
 
     classes = job.dataset.classes
     timings: dict[str, float] = {}
@@ -162,26 +155,14 @@ def _run(job: Any, client: Any, dataset: Any, spec: Any, plan: Any, out: Path,
     log(f"Training XGBoost on {stats['events_per_class']['train']} events per class "
         f"(device={device}, up to {job.model.num_boost_round} rounds):")
     start = time.perf_counter()
-    X, y, w = stages.move_for_training(device, matrices.X, matrices.y,
-                                       {**matrices.w, "train": w_train}, log)
-    if stages.train_threads and not {"nthread", "n_jobs"} & set(params):
-        params["nthread"] = stages.train_threads
-    if stages.train_workers:  # the others predict next: they import XGBoost meanwhile
-        idle = sorted(set(client.scheduler_info()["workers"]) - set(stages.train_workers))
-        for address in idle:
-            fire_and_forget(client.submit(_warm_import, "xgboost", pure=False,
-                                          workers=[address], allow_other_workers=False))
-    booster, history = train_booster(
-        client, X, y, w, params,
-        job.model.num_boost_round, job.model.early_stopping_rounds,
-        progress=log if progress else None,
-    )
+    booster, history, params = _train_xgboost(
+        job, client, stages, device, matrices, {**matrices.w, "train": w_train}, params, out,
+        log if progress else None, log)
     timings["train"] = time.perf_counter() - start
     stages.ran("train", history.get("workers", []))
     if stages.train_threads:  # predict on every worker again, with the worker's threads
         threads = [w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values()]
         booster.set_param({"nthread": max(1, min(threads))})
-    del X, y, w
     start = time.perf_counter()
     test_scores = client.persist(predict(client, booster, matrices.X["test"]))
     wait(futures_of(test_scores))
@@ -197,11 +178,40 @@ def _run(job: Any, client: Any, dataset: Any, spec: Any, plan: Any, out: Path,
         metrics={"best_iteration": history["best_iteration"], "rounds": history["rounds"],
                  "feature_importance": metrics_module.importance(booster,
                                                                  spec.feature_names),
-                 "history": history["history"]},
+                 "history": history["history"], "resumes": history["resumes"]},
     )
     bundle, metrics = evaluate_and_write(client, fitted, matrices, classes, timings, t0, out,
                                          overwrite, spec, metadata)
     return TrainResult(bundle, metrics, {**metadata, "model": fitted.model_metadata})
+
+
+def _train_xgboost(job: Any, client: Any, stages: Any, device: str, matrices: Any,
+                   w: dict[str, Any], params: dict[str, Any], out: Path, progress: Any,
+                   log: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """XGBoost with checkpoints in a hidden folder next to the bundle (removed at the
+    end, whatever happens), resumed after lost workers up to ``model.max_retries``."""
+    from mlaas_dask.train.faults import Retries
+    from mlaas_dask.train.xgb import Boosting, CheckpointStore, train_resumable
+
+    model = job.model
+    boosting = Boosting(params, model.num_boost_round, model.early_stopping_rounds,
+                        checkpoint_every=model.checkpoint_every,
+                        collective_timeout=model.collective_timeout, progress=progress)
+    store = CheckpointStore(checkpoint_folder(out))
+    retries = Retries(client, "XGBoost training", model.max_retries, log)
+    try:
+        return train_resumable(client, stages, device, matrices.X, matrices.y, w, boosting,
+                               store, retries, log)
+    finally:
+        store.remove()
+
+
+def checkpoint_folder(out: Path) -> Path:
+    """Where a job writing the bundle ``out`` keeps its training checkpoints: a hidden
+    folder of its own next to the bundle (like the bundle's own staging folder)."""
+    import uuid
+
+    return out.parent / f".{out.name}.checkpoint-{uuid.uuid4().hex[:12]}"
 
 
 def _run_sklearn(job: Any, client: Any, dataset: Any, plan: Any, matrices: Any, out: Path,
@@ -220,10 +230,6 @@ def _run_sklearn(job: Any, client: Any, dataset: Any, plan: Any, matrices: Any, 
     bundle, metrics = evaluate_and_write(client, fitted, matrices, classes, timings, t0, out,
                                          overwrite, plan.spec, metadata)
     return TrainResult(bundle, metrics, {**metadata, "model": fitted.model_metadata})
-
-
-def _warm_import(module: str) -> None:
-    importlib.import_module(module)
 
 
 def _metadata(job: Any, dataset: Any, plan: Any, stats: dict[str, Any], classes: list[str],

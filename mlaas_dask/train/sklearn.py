@@ -1,8 +1,10 @@
 """scikit-learn estimators on the distributed data path, through dask-ml.
 
-- estimators with ``partial_fit`` train over the Dask partitions with
-  :class:`dask_ml.wrappers.Incremental` (several epochs, shuffled block order, classes
-  declared); the model moves to the data, not the data to the model;
+- estimators with ``partial_fit`` train over the Dask partitions as
+  :class:`dask_ml.wrappers.Incremental` does (several epochs, shuffled block order,
+  classes declared; the model moves to the data, not the data to the model), one task
+  per block and checkpointed, so that a lost worker costs the blocks since the last
+  checkpoint (see :class:`BlockChain`);
 - others are fitted on a bounded sample of the training split, drawn from every
   partition, and the job says so;
 - NaN (missing objects) is replaced and features are standard-scaled, fitted on the
@@ -17,18 +19,21 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import math
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mlaas_dask.bundle import USER_MODEL_FILE
-from mlaas_dask.errors import ConfigError
+from mlaas_dask.errors import ConfigError, MlaasError
 from mlaas_dask.features import Preprocess
+from mlaas_dask.train.faults import Retries, WorkerLost, WorkerWatch, wait_watched
 from mlaas_dask.train.fitted import Fitted
 from mlaas_dask.train.matrix import balance_factors, bounded_sample
 from mlaas_dask.train.usermodel import (
@@ -145,43 +150,143 @@ def _balance(counts: list[int]) -> dict[int, float]:
 def _incremental(client: Any, estimator: Any, X: dict[str, Any], matrices: Any,
                  preprocess: Preprocess, classes: list[str], counts: list[int], model: Any,
                  seed: int, log: Any) -> tuple[Any, dict[str, Any]]:
-    from dask_ml.wrappers import Incremental, ParallelPostFit
     from distributed import wait
-    from sklearn.metrics import log_loss
 
     if model.balance_classes and "class_weight" in estimator.get_params():
         estimator.set_params(class_weight=_balance(counts))
-    incremental = Incremental(estimator, shuffle_blocks=True, random_state=seed,
-                              assume_equal_chunks=True)
     # every training block holds a share of several partitions (see mixed_blocks)
     start = time.perf_counter()
     x_train, y_train = client.persist(mixed_blocks(matrices.X["train"], matrices.y["train"],
                                                    preprocess))
     wait([x_train, y_train])  # the epochs below time partial_fit alone
     mix_seconds = time.perf_counter() - start
-    history = []
-    labels = np.arange(len(classes))
-    has_validation = X["validation"].shape[0] > 0
+    chain = BlockChain(client, estimator, list(zip(_block_futures(x_train),
+                                                   _block_futures(y_train))),
+                       np.arange(len(classes)), seed, model.checkpoint_every)
+    retries = Retries(client, f"partial_fit of {type(estimator).__name__}", model.max_retries,
+                      log)
+    history: list[float] = []
     fit_seconds = 0.0
     for epoch in range(model.epochs):
         start = time.perf_counter()
-        incremental.partial_fit(x_train, y_train, classes=labels)
+        fitted = chain.epoch(epoch, retries)
         fit_seconds += time.perf_counter() - start
-        if has_validation:
-            probabilities, y = client.compute(
-                [ParallelPostFit(incremental.estimator_).predict_proba(X["validation"]),
-                 matrices.y["validation"]], sync=True)
-            history.append(float(log_loss(y, probabilities, labels=labels)))
+        if X["validation"].shape[0] > 0:
+            history.append(_validation_loss(client, fitted, X["validation"],
+                                            matrices.y["validation"], len(classes)))
             log(f"  epoch {epoch + 1:>3}/{model.epochs}  validation-logloss={history[-1]:.4f}")
     blocks = len(x_train.chunks[0])
     del x_train, y_train
-    return incremental.estimator_, {
+    return fitted, {
         "fit": "incremental", "epochs": model.epochs, "blocks": blocks,
         "partial_fit_seconds": round(fit_seconds, 3),
         "mix_blocks_seconds": round(mix_seconds, 3),
         "history": {"validation": {"logloss": history}},
         "event_weights_used": False,
+        "resumes": retries.events,
     }
+
+
+def _validation_loss(client: Any, estimator: Any, x: Any, y: Any, n_classes: int) -> float:
+    from dask_ml.wrappers import ParallelPostFit
+    from sklearn.metrics import log_loss
+
+    probabilities, labels = client.compute(
+        [ParallelPostFit(estimator).predict_proba(x), y], sync=True)
+    return float(log_loss(labels, probabilities, labels=np.arange(n_classes)))
+
+
+def _block_futures(array: Any) -> list[Any]:
+    """The futures of a persisted dask array's blocks, in block order."""
+    from dask.core import flatten
+    from distributed import futures_of
+
+    by_key = {future.key: future for future in futures_of(array)}
+    return [by_key[key] for key in flatten(array.__dask_keys__())]
+
+
+def _partial_fit(estimator: Any, x: np.ndarray, y: np.ndarray, classes: np.ndarray) -> Any:
+    # a copy: the model of the block before stays as it was in the worker's memory (the
+    # checkpoint may fetch it after this task ran, or Dask recompute from it)
+    estimator = copy.deepcopy(estimator)
+    estimator.partial_fit(x, y, classes=classes)
+    return estimator
+
+
+class BlockChain:
+    """``partial_fit`` over the training blocks, one task per block, each taking the
+    model the task before returned -- what :class:`dask_ml.wrappers.Incremental` does
+    (the same block order from the seed, every epoch), checkpointed.
+
+    Every ``checkpoint_every`` blocks, and at the end of each epoch, the model comes back
+    to this process. When a worker leaves, the tasks after the checkpoint are cancelled
+    and the chain goes on from the checkpoint on the workers left (Dask recomputes the
+    blocks the lost worker held); ``partial_fit`` is deterministic given its inputs, so
+    the model is the one an undisturbed run gives.
+    """
+
+    def __init__(self, client: Any, estimator: Any, blocks: list[tuple[Any, Any]],
+                 classes: np.ndarray, seed: int, checkpoint_every: int) -> None:
+        import sklearn.base
+        import sklearn.utils
+
+        self.client = client
+        self.blocks = blocks
+        self.classes = classes
+        self.every = checkpoint_every
+        self.order = list(range(len(blocks)))
+        sklearn.utils.check_random_state(seed).shuffle(self.order)  # as Incremental
+        self.model = sklearn.base.clone(estimator)  # the checkpoint: blocks done below
+        self.done = 0  # blocks of the current epoch in self.model
+        self._reached = 0  # blocks of the current epoch fitted by the workers
+
+    def epoch(self, epoch: int, retries: Retries) -> Any:
+        """Fit one epoch; the fitted model (a copy in this process)."""
+        while self.done < len(self.blocks):
+            watch = WorkerWatch(self.client)
+            futures = self._submit(epoch)
+            try:
+                self._follow(epoch, futures, watch)
+            except WorkerLost as lost:
+                self.client.cancel([f for f in futures if f is not None], force=True)
+                retries.resume_or_fail(lost, self._where(epoch, self._reached),
+                                       self._checkpoint(epoch))
+            except Exception as err:
+                if retries.events and not isinstance(err, MlaasError):
+                    raise retries.fail_after_loss(err) from err
+                raise
+        self.done = 0
+        return self.model
+
+    def _submit(self, epoch: int) -> list[Any]:
+        futures, previous = [], self.model
+        for step in range(self.done, len(self.blocks)):
+            x, y = self.blocks[self.order[step]]
+            previous = self.client.submit(_partial_fit, previous, x, y, self.classes,
+                                          key=f"partial_fit-{uuid.uuid4().hex}")
+            futures.append(previous)
+        return futures
+
+    def _follow(self, epoch: int, futures: list[Any], watch: WorkerWatch) -> None:
+        first, n = self.done, len(self.blocks)
+        self._reached = first
+        for index, future in enumerate(futures):
+            wait_watched([future], watch)
+            if future.status == "error":
+                future.result()  # raises the task's error
+            self._reached = step = first + index + 1
+            if index:
+                futures[index - 1] = None  # its successor is done: let Dask free it
+            if step == n or (self.every and (epoch * n + step) % self.every == 0):
+                self.model, self.done = future.result(), step
+
+    def _where(self, epoch: int, blocks: int) -> str:
+        return f"epoch {epoch + 1} ({blocks} of {len(self.blocks)} blocks done)"
+
+    def _checkpoint(self, epoch: int) -> str | None:
+        if self.done:
+            return f"epoch {epoch + 1}, block {self.done} of {len(self.blocks)}"
+        return f"the end of epoch {epoch}" if epoch else None
 
 
 #: how many partitions each training block takes a share of

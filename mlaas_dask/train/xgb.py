@@ -1,15 +1,31 @@
-"""Distributed XGBoost through ``xgboost.dask`` (DaskQuantileDMatrix, early stopping)."""
+"""Distributed XGBoost through ``xgboost.dask`` (DaskQuantileDMatrix, early stopping),
+checkpointed so that training resumes when a worker is lost (see :mod:`.faults`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import dataclasses
+import json
+import os
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xgboost
 import xgboost.dask  # noqa: F401 - must be imported explicitly
 
-from mlaas_dask.errors import ConfigError
+from mlaas_dask.errors import ConfigError, MlaasError
+from mlaas_dask.train.faults import (
+    Retries,
+    WorkerLost,
+    WorkerWatch,
+    run_watched,
+    wait_watched,
+)
 from mlaas_dask.train.matrix import balance_factors
 
 DEFAULT_PARAMS: dict[str, Any] = {
@@ -52,48 +68,189 @@ def balanced_weights(y: Any, w: Any, class_weight_totals: Sequence[float]) -> An
     return w.map_blocks(lambda wb, yb: wb * factors[yb], y, dtype=np.float32)
 
 
-PROGRESS_TOPIC = "mlaas-train-progress"
+@dataclass
+class Boosting:
+    """What an XGBoost training needs besides its data.
+
+    Attributes
+    ----------
+    params
+        ``xgboost.dask.train`` parameters.
+    num_boost_round, early_stopping_rounds
+        The job's rounds; early stopping watches the validation split's last metric.
+    checkpoint_every
+        Rounds between two checkpoints (0: none; a lost worker restarts from round 0).
+    collective_timeout
+        Seconds an XGBoost collective operation may wait for a peer.
+    progress
+        Called with a line of metrics every :data:`PROGRESS_EVERY` rounds, or None.
+    """
+
+    params: dict[str, Any]
+    num_boost_round: int
+    early_stopping_rounds: int | None = None
+    checkpoint_every: int = 10
+    collective_timeout: int | None = 300
+    progress: Callable[[str], Any] | None = None
 
 
-class ProgressCallback(xgboost.callback.TrainingCallback):
-    """Reports the evaluation metrics every few rounds, from the first worker only, as a
-    Dask event on :data:`PROGRESS_TOPIC` that the client subscribes to."""
+@dataclass
+class Checkpoint:
+    """The booster after ``round`` rounds (UBJSON) and the evaluation history up to it."""
 
-    def __init__(self, total: int, every: int = 10) -> None:
+    round: int
+    model: bytes
+    history: dict[str, dict[str, list[float]]]
+
+
+class CheckpointStore:
+    """The latest booster checkpoint of a job, in a hidden folder next to its bundle
+    (created with the first checkpoint, removed by :meth:`remove`).
+
+    The client writes it from the events of the training worker, so the workers need no
+    access to this folder. ``reached`` is the last round any worker reported.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(folder)
+        self.reached = 0
+        self._lock = threading.Lock()  # written from the client's event loop
+
+    def save(self, checkpoint: Checkpoint) -> None:
+        """Write a checkpoint; the state file is replaced last, atomically."""
+        with self._lock:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            previous = self._state()
+            model = f"booster-{checkpoint.round}.ubj"
+            (self.folder / model).write_bytes(checkpoint.model)
+            tmp = self.folder / "state.json.tmp"
+            tmp.write_text(json.dumps({"round": checkpoint.round, "model": model,
+                                       "history": checkpoint.history}))
+            os.replace(tmp, self.folder / "state.json")
+            if previous and previous["model"] != model:
+                (self.folder / previous["model"]).unlink(missing_ok=True)
+
+    def latest(self) -> Checkpoint | None:
+        """The last checkpoint written, or None."""
+        with self._lock:
+            state = self._state()
+            if state is None:
+                return None
+            model = (self.folder / state["model"]).read_bytes()
+        return Checkpoint(state["round"], model, state["history"])
+
+    def remove(self) -> None:
+        """Delete the folder and everything in it."""
+        import shutil
+
+        with self._lock:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _state(self) -> dict[str, Any] | None:
+        path = self.folder / "state.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+
+#: rounds between two progress lines
+PROGRESS_EVERY = 10
+#: prefix of the Dask event topic of one training attempt
+TOPIC_PREFIX = "mlaas-train-"
+
+
+class TrainingMonitor(xgboost.callback.TrainingCallback):
+    """Runs on the training workers and reports to the client as Dask events: each
+    worker's address (before the first round), then from the first worker only the rounds
+    done, a line of metrics every :data:`PROGRESS_EVERY` rounds and, every
+    ``checkpoint_every`` rounds, the booster and the evaluation history (the checkpoint
+    that training resumes from when a worker is lost)."""
+
+    def __init__(self, topic: str, total: int, checkpoint_every: int, lines: bool) -> None:
         super().__init__()
+        self.topic = topic
         self.total = total
-        self.every = every
-
-    def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
-        last = epoch + 1 == self.total
-        if (epoch % self.every and not last) or xgboost.collective.get_rank() != 0:
-            return False
-        parts = [f"{data}-{metric}={values[-1]:.4f}"
-                 for data, metrics in evals_log.items() for metric, values in metrics.items()]
-        from distributed import get_worker
-
-        get_worker().log_event(PROGRESS_TOPIC,
-                               f"  round {epoch + 1:>4}/{self.total}  " + "  ".join(parts))
-        return False
-
-
-WORKERS_TOPIC = "mlaas-train-workers"
-
-
-class WhereCallback(xgboost.callback.TrainingCallback):
-    """Tells the client which Dask workers train (one event per worker, before the first
-    round): the bundle's metadata records where training ran, not where it was meant to."""
-
-    def __init__(self, run: str) -> None:
-        super().__init__()
-        self.run = run
+        self.checkpoint_every = checkpoint_every
+        self.lines = lines
 
     def before_training(self, model: Any) -> Any:
         from distributed import get_worker
 
         worker = get_worker()
-        worker.log_event(WORKERS_TOPIC, {"run": self.run, "address": worker.address})
+        worker.log_event(self.topic, {"address": worker.address})
         return model
+
+    def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
+        if xgboost.collective.get_rank() != 0:
+            return False
+        done = model.num_boosted_rounds()  # counts the rounds of a resumed booster too
+        message: dict[str, Any] = {"round": done}
+        if self.lines and ((done - 1) % PROGRESS_EVERY == 0 or done == self.total):
+            parts = [f"{data}-{metric}={values[-1]:.4f}" for data, metrics in
+                     evals_log.items() for metric, values in metrics.items()]
+            message["line"] = f"  round {done:>4}/{self.total}  " + "  ".join(parts)
+        if self.checkpoint_every and done % self.checkpoint_every == 0 and done < self.total:
+            message["model"] = bytes(model.save_raw("ubj"))
+            message["history"] = {data: {metric: [float(v) for v in values]
+                                         for metric, values in metrics.items()}
+                                  for data, metrics in evals_log.items()}
+        from distributed import get_worker
+
+        get_worker().log_event(self.topic, message)
+        return False
+
+
+class _NoAttributes:
+    """A stand-in booster for replaying early-stopping scores."""
+
+    def set_attr(self, **kwargs: Any) -> None:
+        pass
+
+
+class ResumedEarlyStopping(xgboost.callback.EarlyStopping):
+    """XGBoost's early stopping (validation split, last metric), continued over a resume:
+    the scores before the checkpoint are replayed first, so the best round so far and
+    the rounds without improvement carry over, as if training had not stopped."""
+
+    def __init__(self, rounds: int, history: dict[str, dict[str, list[float]]] | None) -> None:
+        super().__init__(rounds=rounds)
+        if history:
+            data = list(history)[-1]  # what EarlyStopping watches: the last data, metric
+            metric = list(history[data])[-1]
+            for epoch, score in enumerate(history[data][metric]):
+                self._update_rounds(score=score, name=data, metric=metric,
+                                    model=_NoAttributes(), epoch=epoch)
+
+
+class _AttemptEvents:
+    """The client's side of one attempt's events: where it trains, the rounds reached,
+    progress lines, checkpoints (merged with the history before the attempt)."""
+
+    def __init__(self, store: CheckpointStore, prior: Checkpoint | None,
+                 progress: Callable[[str], Any] | None) -> None:
+        self.store = store
+        self.prior = prior.history if prior else {}
+        self.progress = progress
+        self.workers: set[str] = set()
+
+    def __call__(self, event: tuple[float, dict[str, Any]]) -> None:
+        message = event[1]
+        if "address" in message:
+            self.workers.add(message["address"])
+        if "round" in message:
+            self.store.reached = max(self.store.reached, message["round"])
+        if "line" in message and self.progress is not None:
+            self.progress(message["line"])
+        if "model" in message:
+            self.store.save(Checkpoint(message["round"], message["model"],
+                                       join_history(self.prior, message["history"])))
+
+
+def join_history(before: dict[str, dict[str, list[float]]],
+                 after: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, list[float]]]:
+    """Evaluation histories of two consecutive stretches of rounds, end to end."""
+    if not before:
+        return after
+    return {data: {metric: [*before.get(data, {}).get(metric, []), *values]
+                   for metric, values in metrics.items()} for data, metrics in after.items()}
 
 
 def train_booster(
@@ -101,38 +258,70 @@ def train_booster(
     X: dict[str, Any],
     y: dict[str, Any],
     w: dict[str, Any],
-    params: dict[str, Any],
-    num_boost_round: int,
-    early_stopping_rounds: int | None,
-    progress: Any = None,
+    boosting: Boosting,
+    store: CheckpointStore,
+    watched: list[str] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
-    """Train on the ``train`` split with early stopping on ``validation``.
+    """One training attempt on the ``train`` split with early stopping on
+    ``validation``, continuing from the store's latest checkpoint when there is one.
 
-    ``progress``, when given, is called with a line of metrics every few rounds.
+    ``watched`` are the workers training depends on (all when None): if one leaves,
+    the attempt is stopped and :class:`~mlaas_dask.train.faults.WorkerLost` raised.
     Returns the booster cut to its best iteration and the evaluation history.
     """
-    dtrain = xgboost.dask.DaskQuantileDMatrix(client, X["train"], y["train"],
-                                              weight=w["train"],
-                                              max_bin=params.get("max_bin", 256))
-    evals = [(dtrain, "train")]
-    has_validation = X["validation"].shape[0] > 0
-    if has_validation:
-        dvalid = xgboost.dask.DaskQuantileDMatrix(client, X["validation"], y["validation"],
-                                                  weight=w["validation"], ref=dtrain,
-                                                  max_bin=params.get("max_bin", 256))
-        evals.append((dvalid, "validation"))
-    import uuid
+    from distributed import futures_of
 
-    run = uuid.uuid4().hex
-    callbacks: list[Any] = [WhereCallback(run)]
-    if progress is not None:
-        callbacks.append(ProgressCallback(num_boost_round))
-        client.subscribe_topic(PROGRESS_TOPIC, lambda event: progress(event[1]))
+    checkpoint = store.latest()
+    has_validation = X["validation"].shape[0] > 0
+    splits = ["train", "validation"] if has_validation else ["train"]
+    # persisted here, so that an attempt can be stopped by cancelling what it depends on
+    inputs = client.persist([d[s] for s in splits for d in (X, y, w)])
+    topic = TOPIC_PREFIX + uuid.uuid4().hex
+    events = _AttemptEvents(store, checkpoint, boosting.progress)
+    client.subscribe_topic(topic, events)
+    watch = WorkerWatch(client, watched)
     try:
-        output = xgboost.dask.train(
-            client, params, dtrain, num_boost_round=num_boost_round, evals=evals,
-            early_stopping_rounds=early_stopping_rounds if has_validation else None,
-            callbacks=callbacks, verbose_eval=False,
+        output = run_watched(
+            lambda: _train(client, inputs, boosting, checkpoint, topic),
+            watch, abort=lambda: client.cancel(futures_of(inputs), force=True))
+    finally:
+        client.unsubscribe_topic(topic)
+        _forget_topic(client, topic)
+    booster = output["booster"]
+    history = join_history(checkpoint.history if checkpoint else {}, output["history"])
+    best = getattr(booster, "best_iteration", None)
+    stopping = boosting.early_stopping_rounds and has_validation
+    if best is not None and stopping and best + 1 < booster.num_boosted_rounds():
+        booster = booster[: best + 1]
+    return booster, {"history": history, "best_iteration": best,
+                     "rounds": booster.num_boosted_rounds(),
+                     "workers": sorted(events.workers)}
+
+
+def _train(client: Any, inputs: list[Any], boosting: Boosting, checkpoint: Checkpoint | None,
+           topic: str) -> dict[str, Any]:
+    params = boosting.params
+    max_bin = params.get("max_bin", 256)
+    dtrain = xgboost.dask.DaskQuantileDMatrix(client, inputs[0], inputs[1], weight=inputs[2],
+                                              max_bin=max_bin)
+    evals = [(dtrain, "train")]
+    if len(inputs) > 3:
+        evals.append((xgboost.dask.DaskQuantileDMatrix(
+            client, inputs[3], inputs[4], weight=inputs[5], ref=dtrain, max_bin=max_bin),
+            "validation"))
+    done = checkpoint.round if checkpoint else 0
+    callbacks: list[Any] = [TrainingMonitor(topic, boosting.num_boost_round,
+                                            boosting.checkpoint_every,
+                                            lines=boosting.progress is not None)]
+    if boosting.early_stopping_rounds and len(evals) > 1:
+        callbacks.append(ResumedEarlyStopping(boosting.early_stopping_rounds,
+                                              checkpoint.history if checkpoint else None))
+    model = xgboost.Booster(model_file=bytearray(checkpoint.model)) if checkpoint else None
+    try:
+        return xgboost.dask.train(
+            client, params, dtrain, num_boost_round=boosting.num_boost_round - done,
+            evals=evals, callbacks=callbacks, verbose_eval=False, xgb_model=model,
+            coll_cfg=xgboost.collective.Config(timeout=boosting.collective_timeout),
         )
     except xgboost.core.XGBoostError as err:
         message = str(err).strip().splitlines()[0]
@@ -140,20 +329,102 @@ def train_booster(
             raise ConfigError(f"XGBoost rejected the model parameters: {message}. Check "
                               "model.params in the job file.") from None
         raise
-    finally:
-        if progress is not None:
-            client.unsubscribe_topic(PROGRESS_TOPIC)
-    booster = output["booster"]
-    history = output["history"]
-    best = getattr(booster, "best_iteration", None)
-    if best is not None and early_stopping_rounds and best + 1 < booster.num_boosted_rounds():
-        booster = booster[: best + 1]
-    workers = sorted({msg["address"] for _, msg in client.get_events(WORKERS_TOPIC)
-                      if isinstance(msg, dict) and msg.get("run") == run})
-    return booster, {"history": history, "best_iteration": best,
-                     "rounds": booster.num_boosted_rounds(), "workers": workers}
+
+
+def _forget_topic(client: Any, topic: str) -> None:
+    """Drop an attempt's events (checkpoints are large) from the scheduler's event log.
+
+    The scheduler has no public call for this; without one the events stay until the
+    scheduler's log length pushes them out.
+    """
+    def forget(dask_scheduler: Any) -> None:
+        broker = getattr(dask_scheduler, "_broker", None)
+        if broker is not None:
+            broker.truncate(topic)
+
+    with contextlib.suppress(Exception):  # best effort: a closing client, an old scheduler
+        client.run_on_scheduler(forget)
+
+
+def train_resumable(client: Any, stages: Any, device: str, X: dict[str, Any],
+                    y: dict[str, Any], w: dict[str, Any], boosting: Boosting,
+                    store: CheckpointStore, retries: Retries,
+                    log: Callable[..., Any] = print) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """Train, resuming from the latest checkpoint each time a training worker is lost.
+
+    Every attempt places the training splits anew (``stages.move_for_training``: on the
+    workers that are left, e.g. gathered on the survivor of a machine). Returns the
+    booster, its history (with the ``resumes`` that happened) and the parameters of the
+    attempt that finished.
+
+    Raises
+    ------
+    TrainingFailed
+        When a worker is lost and :class:`~mlaas_dask.train.faults.Retries` allows no
+        more resumes, none is left, or resuming itself failed.
+    """
+    user = set(boosting.params)
+    while True:
+        try:
+            Xt, yt, wt = stages.move_for_training(device, X, y, w, log,
+                                                  wait=_watched_wait(client))
+            params = dict(boosting.params)
+            if stages.train_threads and not {"nthread", "n_jobs"} & user:
+                params["nthread"] = stages.train_threads
+            _warm_idle_workers(client, stages.train_workers)
+            attempt = dataclasses.replace(boosting, params=params)
+            booster, history = train_booster(client, Xt, yt, wt, attempt, store,
+                                             watched=stages.train_workers)
+        except WorkerLost as lost:
+            Xt = yt = wt = None  # release the attempt's data before the next move
+            checkpoint = store.latest()
+            retries.resume_or_fail(lost, f"round {store.reached}",
+                                   f"round {checkpoint.round}" if checkpoint else None)
+            continue
+        except Exception as err:
+            if retries.events and not isinstance(err, MlaasError):
+                raise retries.fail_after_loss(err) from err
+            raise
+        history["resumes"] = retries.events
+        return booster, history, params
+
+
+def _watched_wait(client: Any) -> Callable[[list[Any], list[str]], None]:
+    def wait(futures: list[Any], workers: list[str]) -> None:
+        wait_watched(futures, WorkerWatch(client, workers))
+
+    return wait
+
+
+def _warm_idle_workers(client: Any, train_workers: list[str] | None) -> None:
+    """While some workers train, the others import XGBoost for the prediction next."""
+    if not train_workers:
+        return
+    import importlib
+
+    from distributed import fire_and_forget
+
+    idle = sorted(set(client.scheduler_info()["workers"]) - set(train_workers))
+    for address in idle:
+        fire_and_forget(client.submit(importlib.import_module, "xgboost", pure=False,
+                                      workers=[address], allow_other_workers=False))
 
 
 def predict(client: Any, booster: Any, X: Any) -> Any:
-    """Lazy distributed scores of a dask array."""
-    return xgboost.dask.inplace_predict(client, booster, X, missing=np.nan)
+    """Lazy distributed scores of a dask array.
+
+    The booster goes to the workers as the result of a task, not as scattered data: if
+    the worker holding it dies, Dask makes it again (scattered data would be lost).
+    """
+    from distributed import wait
+
+    model = client.submit(_booster, bytes(booster.save_raw("ubj")), booster.save_config(),
+                          pure=False)
+    wait(model)
+    return xgboost.dask.inplace_predict(client, model, X, missing=np.nan)
+
+
+def _booster(raw: bytes, config: str) -> Any:
+    booster = xgboost.Booster(model_file=bytearray(raw))
+    booster.load_config(config)  # the thread count among it
+    return booster
