@@ -38,21 +38,34 @@ from mlaas_dask.outputs import (
     reporting_full_disk,
     size_on_disk,
 )
-from mlaas_dask.errors import BundleError, FeatureError
+from mlaas_dask.errors import BundleError, FeatureError, first_line
 from mlaas_dask.features import FeatureSpec, Preprocess
+from mlaas_dask.features.scaling import PREPROCESS_FILE
+from mlaas_dask.features.spec import FEATURES_FILE
 
+# The names of a bundle's files, here and only here (FEATURES_FILE and PREPROCESS_FILE
+# come from the features package, which reads those files).
+#: an XGBoost model (UBJSON), a skops model, a pickle-only model
 MODEL_FILE = "model.ubj"
+SKOPS_FILE = "model.skops"
+PICKLE_FILE = "model.pkl"
 #: model file -> kind, in order of preference
-MODEL_FILES = {"model.ubj": "xgboost", "model.skops": "sklearn", "model.pkl": "pickle"}
-PREPROCESS_FILE = "preprocess.json"
+MODEL_FILES = {MODEL_FILE: "xgboost", SKOPS_FILE: "sklearn", PICKLE_FILE: "pickle"}
+#: marks a complete bundle (written last): inputs, versions, classes, the files written
+METADATA_FILE = "metadata.json"
+#: test AUC, events per class and split, seconds per stage
+METRICS_FILE = "metrics.json"
 #: the user's model file, kept for models of the user's own classes (run only if trusted)
 USER_MODEL_FILE = "user_model.py"
-REQUIRED_FILES = ("features.json", "metadata.json", "metrics.json")
+#: the plots of the test split
+ROC_PLOT = "roc.png"
+SCORES_PLOT = "scores.png"
+REQUIRED_FILES = (FEATURES_FILE, METADATA_FILE, METRICS_FILE)
 BUNDLE_FORMAT = "mlaas_dask.bundle/1"
 #: metadata.json key listing the files the bundle wrote (what --overwrite may replace)
 BUNDLE_FILES_KEY = "bundle_files"
 #: plots of bundles written before BUNDLE_FILES_KEY existed
-LEGACY_PLOTS = ("roc.png", "scores.png")
+LEGACY_PLOTS = (ROC_PLOT, SCORES_PLOT)
 
 
 @dataclass
@@ -89,7 +102,8 @@ class ModelBundle:
     def booster(self) -> Any:
         """The XGBoost booster (for XGBoost bundles)."""
         if self.kind != "xgboost":
-            raise BundleError(f"Model bundle {self.path} holds a {self.kind} model, not XGBoost.")
+            raise BundleError(f"Model bundle {self.path} holds a {self.kind} model, not XGBoost.",
+                              bundle=str(self.path))
         return self.model
 
     def share_code(self, client: Any) -> None:
@@ -137,15 +151,17 @@ class ModelBundle:
                     bundle = cls.load(folder, trusted_types=trusted_types,
                                       allow_pickle=allow_pickle)
                 except BundleError as err:  # name the archive, not a folder that is gone
-                    raise BundleError(str(err).replace(folder, str(path))) from None
+                    raise BundleError(str(err).replace(folder, str(path)), bundle=str(path),
+                                      model=err.model, file=err.file) from None
             bundle.path = path
             return bundle
         check_bundle_dir(path)
-        metadata = _read_json(path / "metadata.json")
+        metadata = _read_json(path / METADATA_FILE)
         try:
-            spec = FeatureSpec.from_json((path / "features.json").read_text())
+            spec = FeatureSpec.from_json((path / FEATURES_FILE).read_text())
         except Exception as err:  # noqa: BLE001 - any defect of the file is the bundle's
-            raise BundleError(f"Model bundle {path}: features.json is invalid: {err}") from None
+            raise BundleError(f"Model bundle {path}: {FEATURES_FILE} is invalid: {err}",
+                              bundle=str(path), file=FEATURES_FILE) from None
         kind, model_file = _model_file(path)
         user_code = _import_user_code(path, kind, trusted_types, allow_pickle)
         if kind == "xgboost":
@@ -156,7 +172,7 @@ class ModelBundle:
             model = _load_pickle(model_file, allow_pickle)
         preprocess = _read_preprocess(path, spec)
         classes = [str(c) for c in metadata.get("classes", ["background", "signal"])]
-        return cls(path, spec, model, classes, metadata, _read_json(path / "metrics.json"),
+        return cls(path, spec, model, classes, metadata, _read_json(path / METRICS_FILE),
                    kind, preprocess, user_code)
 
     def predict_matrix(self, matrix: np.ndarray) -> np.ndarray:
@@ -165,8 +181,7 @@ class ModelBundle:
         if matrix.ndim != 2 or matrix.shape[1] != self.spec.n_features:
             raise BundleError(
                 f"Expected a matrix of shape (n, {self.spec.n_features}) with columns "
-                f"{self.feature_names}, got shape {matrix.shape}."
-            )
+                f"{self.feature_names}, got shape {matrix.shape}.", bundle=str(self.path))
         if matrix.shape[0] == 0:
             shape = (0,) if self.is_binary else (0, len(self.classes))
             return np.zeros(shape, dtype=np.float32)
@@ -186,11 +201,12 @@ class ModelBundle:
 def check_bundle_dir(path: Path) -> None:
     """Raise :class:`BundleError` unless ``path`` is a complete bundle directory."""
     if not path.exists():
-        raise BundleError(f"Model bundle {path} does not exist. Train one with 'mlaas train'.")
+        raise BundleError(f"Model bundle {path} does not exist. Train one with 'mlaas train'.",
+                          bundle=str(path))
     if not path.is_dir():
         raise BundleError(
-            f"Model bundle {path} is neither a directory nor a .tar.gz archive."
-        )
+            f"Model bundle {path} is neither a directory nor a .tar.gz archive.",
+            bundle=str(path))
     missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
     if not any((path / name).is_file() for name in MODEL_FILES):
         missing.insert(0, " or ".join(MODEL_FILES))
@@ -198,14 +214,14 @@ def check_bundle_dir(path: Path) -> None:
         raise BundleError(
             f"{path} is not a complete model bundle: {', '.join(missing)} missing. "
             "A bundle is written by 'mlaas train' and holds a model file ("
-            f"{', '.join(MODEL_FILES)}) and {', '.join(REQUIRED_FILES)}."
-        )
-    metadata = _read_json(path / "metadata.json")
+            f"{', '.join(MODEL_FILES)}) and {', '.join(REQUIRED_FILES)}.",
+            bundle=str(path), file=missing[0] if missing[0] in REQUIRED_FILES else None)
+    metadata = _read_json(path / METADATA_FILE)
     if metadata.get("format") != BUNDLE_FORMAT:
         raise BundleError(
-            f"{path}/metadata.json does not mark an mlaas_dask bundle (format "
-            f"{metadata.get('format')!r}, expected {BUNDLE_FORMAT!r})."
-        )
+            f"{path}/{METADATA_FILE} does not mark an mlaas_dask bundle (format "
+            f"{metadata.get('format')!r}, expected {BUNDLE_FORMAT!r}).",
+            bundle=str(path), file=METADATA_FILE)
 
 
 def _import_user_code(path: Path, kind: str, trusted_types: Sequence[str],
@@ -229,8 +245,8 @@ def _import_user_code(path: Path, kind: str, trusted_types: Sequence[str],
     except Exception as err:  # noqa: BLE001 - the user's code may raise anything
         raise BundleError(
             f"Model bundle {path}: its copy of your model file ({USER_MODEL_FILE}) fails to "
-            f"import: {type(err).__name__}: {err}. Fix the model file and retrain."
-        ) from None
+            f"import: {type(err).__name__}: {err}. Fix the model file and retrain.",
+            bundle=str(path), file=USER_MODEL_FILE) from None
     return code
 
 
@@ -240,14 +256,16 @@ def _read_preprocess(path: Path, spec: FeatureSpec) -> Preprocess | None:
     try:
         return Preprocess.from_dict(_read_json(path / PREPROCESS_FILE), spec.n_features)
     except FeatureError as err:
-        raise BundleError(f"Model bundle {path}: {err}") from None
+        raise BundleError(f"Model bundle {path}: {err}", bundle=str(path),
+                          file=PREPROCESS_FILE) from None
 
 
 def _model_file(path: Path) -> tuple[str, Path]:
     for name, kind in MODEL_FILES.items():
         if (path / name).is_file():
             return kind, path / name
-    raise BundleError(f"Model bundle {path} has no model file.")  # checked before
+    raise BundleError(f"Model bundle {path} has no model file.",  # checked before
+                      bundle=str(path))
 
 
 def _load_xgboost(model_file: Path, spec: FeatureSpec) -> Any:
@@ -255,28 +273,26 @@ def _load_xgboost(model_file: Path, spec: FeatureSpec) -> Any:
 
     from mlaas_dask.bundle_safety import check_xgboost_trees
 
-    where = f"Model bundle {model_file.parent}: {model_file.name}"
+    where, at = _where(model_file)
     booster = xgboost.Booster()
     try:
         booster.load_model(bytearray(model_file.read_bytes()))
         model = json.loads(booster.save_raw("json"))
     except (xgboost.core.XGBoostError, ValueError) as err:
         raise BundleError(
-            f"{where} is not a readable XGBoost model ({str(err).splitlines()[0]}). Retrain "
-            "or re-export the bundle."
-        ) from None
+            f"{where} is not a readable XGBoost model ({first_line(err)}). Retrain "
+            "or re-export the bundle.", **at) from None
     booster.set_param({"nthread": int(os.environ.get("MLAAS_PREDICT_THREADS", "0")) or 1})
     if booster.num_features() != spec.n_features:
         raise BundleError(
             f"Model bundle {model_file.parent}: the model expects {booster.num_features()} "
-            f"features but features.json describes {spec.n_features}. The bundle is "
-            "inconsistent; retrain it."
-        )
+            f"features but {FEATURES_FILE} describes {spec.n_features}. The bundle is "
+            "inconsistent; retrain it.", **at)
     try:
         check_xgboost_trees(model, spec.n_features, where)
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise BundleError(f"{where}: the model's trees are malformed ({type(err).__name__}: "
-                          f"{err}); the file is corrupt or crafted.") from None
+                          f"{err}); the file is corrupt or crafted.", **at) from None
     return booster
 
 
@@ -288,47 +304,48 @@ def _load_skops(model_file: Path, trusted_types: Sequence[str], spec: FeatureSpe
 
     from mlaas_dask import bundle_safety as safety
 
-    where = f"Model bundle {model_file.parent}: {model_file.name}"
+    where, at = _where(model_file)
     data = model_file.read_bytes()
     found = safety.skops_types(data, where)
     try:
         untrusted = skops.io.get_untrusted_types(data=data)
     except Exception as err:  # noqa: BLE001 - a corrupt file, whatever skops says
-        raise BundleError(f"{where} is not a readable skops file ({err}).") from None
+        raise BundleError(f"{where} is not a readable skops file ({err}).", **at) from None
     refused = safety.refused_types(found, untrusted, trusted_types)
     if refused:
         raise BundleError(
             f"{where} holds types that are not on the safe list ({', '.join(refused)}), so "
             "it is not loaded: loading them could run their code."
             f"{safety.explain(refused)} If you made this bundle yourself, trust them "
-            "explicitly (mlaas predict --trust TYPE); the server never does."
-        )
+            "explicitly (mlaas predict --trust TYPE); the server never does.", **at)
     try:
         model = skops.io.loads(data, trusted=untrusted)
     except Exception as err:  # noqa: BLE001 - a corrupt file, whatever skops says
-        raise BundleError(f"{where} cannot be loaded ({type(err).__name__}: {err}).") from None
+        raise BundleError(f"{where} cannot be loaded ({type(err).__name__}: {err}).",
+                          **at) from None
     try:
         safety.check_native_structures(model, where)
     except (AttributeError, TypeError, ValueError, KeyError, IndexError) as err:
         raise BundleError(f"{where}: the model's trees are malformed ({type(err).__name__}: "
-                          f"{err}); the file is corrupt or crafted.") from None
-    _check_scores(model, spec, where)
+                          f"{err}); the file is corrupt or crafted.", **at) from None
+    _check_scores(model, spec, model_file)
     return model
 
 
-def _check_scores(model: Any, spec: FeatureSpec, where: str) -> None:
+def _check_scores(model: Any, spec: FeatureSpec, model_file: Path) -> None:
     """The model scores a matrix of the bundle's features (so a bad bundle is refused when
     it is loaded, not at every request)."""
+    where, at = _where(model_file)
     try:
         scores = np.asarray(model.predict_proba(np.zeros((2, spec.n_features), np.float32)))
     except Exception as err:  # noqa: BLE001 - whatever the model raises
         raise BundleError(
-            f"{where} cannot score the {spec.n_features} features that features.json "
-            f"describes ({type(err).__name__}: {err}). The bundle is inconsistent; retrain it."
-        ) from None
+            f"{where} cannot score the {spec.n_features} features that {FEATURES_FILE} "
+            f"describes ({type(err).__name__}: {err}). The bundle is inconsistent; retrain it.",
+            **at) from None
     if scores.ndim != 2 or scores.shape[0] != 2 or scores.shape[1] < 2:
         raise BundleError(f"{where} gives scores of shape {scores.shape} for 2 events; "
-                          "expected one column per class. Retrain the bundle.")
+                          "expected one column per class. Retrain the bundle.", **at)
 
 
 def _load_pickle(model_file: Path, allow_pickle: bool) -> Any:
@@ -337,8 +354,7 @@ def _load_pickle(model_file: Path, allow_pickle: bool) -> Any:
             f"Model bundle {model_file.parent} holds a pickle-only model ({model_file.name}). "
             "Unpickling runs arbitrary code, so it is loaded only on explicit request for a "
             "bundle you made yourself (mlaas predict --allow-pickle); the server refuses it. "
-            "Use a model that skops can store to serve it."
-        )
+            "Use a model that skops can store to serve it.", **_where(model_file)[1])
     import pickle
 
     with open(model_file, "rb") as handle:
@@ -349,10 +365,18 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise BundleError(f"Cannot read {path}: {err}") from None
+        raise BundleError(f"Cannot read {path}: {err}", bundle=str(path.parent),
+                          file=path.name) from None
     if not isinstance(data, dict):
-        raise BundleError(f"{path} must hold a JSON object.")
+        raise BundleError(f"{path} must hold a JSON object.", bundle=str(path.parent),
+                          file=path.name)
     return data
+
+
+def _where(model_file: Path) -> tuple[str, dict[str, str]]:
+    """How messages name a bundle's model file, and the error attributes that name it."""
+    return (f"Model bundle {model_file.parent}: {model_file.name}",
+            {"bundle": str(model_file.parent), "file": model_file.name})
 
 
 def write_bundle(
@@ -397,13 +421,13 @@ def write_bundle(
         raise ValueError(f"model_file must be one of {list(MODEL_FILES)}")
     files: dict[str, bytes] = {
         model_file: model,
-        "features.json": spec.to_json().encode(),
-        "metrics.json": _dumps(metrics),
+        FEATURES_FILE: spec.to_json().encode(),
+        METRICS_FILE: _dumps(metrics),
         **(extra_files or {}),
     }
-    own = sorted([*files, "metadata.json"])
+    own = sorted([*files, METADATA_FILE])
     # metadata.json marks the bundle as complete (written last) and lists what it wrote
-    files["metadata.json"] = _dumps({"format": BUNDLE_FORMAT, **metadata,
+    files[METADATA_FILE] = _dumps({"format": BUNDLE_FORMAT, **metadata,
                                      BUNDLE_FILES_KEY: own})
     target = _real_path(out)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -436,8 +460,7 @@ def _check_target(out: Path, overwrite: bool) -> None:
     if not overwrite:
         raise BundleError(
             f"Output directory {out} already exists. Choose another --out, or pass "
-            "--overwrite to replace the bundle in it."
-        )
+            "--overwrite to replace the bundle in it.", bundle=str(out))
     if out.is_dir() and not any(out.iterdir()):
         return
     try:
@@ -445,7 +468,7 @@ def _check_target(out: Path, overwrite: bool) -> None:
     except BundleError:
         raise BundleError(
             f"Output directory {out} exists and is not an mlaas_dask bundle; it is never "
-            "overwritten, even with --overwrite. Choose another --out."
+            "overwritten, even with --overwrite. Choose another --out.", bundle=str(out)
         ) from None
     foreign = _foreign_files(out)
     if foreign:
@@ -454,14 +477,14 @@ def _check_target(out: Path, overwrite: bool) -> None:
         raise BundleError(
             f"Output directory {out} holds files the bundle did not write: {shown}. "
             "--overwrite replaces a bundle's own files and never deletes anything else: "
-            "move these files elsewhere, or choose another --out."
-        )
+            "move these files elsewhere, or choose another --out.", bundle=str(out),
+            file=foreign[0])
 
 
 def _own_files(bundle: Path) -> set[str]:
     """Names of the files the bundle wrote: its metadata.json lists them; for bundles
     written before that list existed, the bundle file names that are there."""
-    listed = _read_json(bundle / "metadata.json").get(BUNDLE_FILES_KEY)
+    listed = _read_json(bundle / METADATA_FILE).get(BUNDLE_FILES_KEY)
     if isinstance(listed, list):
         return plain_names(listed)
     known = {*MODEL_FILES, *REQUIRED_FILES, PREPROCESS_FILE, USER_MODEL_FILE, *LEGACY_PLOTS}

@@ -31,14 +31,16 @@ def load_yaml(path: str | Path) -> tuple[Any, Lines]:
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise ConfigError(f"Job file {path} does not exist.") from None
+        raise ConfigError(f"Job file {path} does not exist.", file=str(path)) from None
     except OSError as err:
-        raise ConfigError(f"Cannot read {path}: {err.strerror}.") from None
-    return parse_yaml(text, str(path))
+        raise ConfigError(f"Cannot read {path}: {err.strerror}.", file=str(path)) from None
+    return parse_yaml(text, str(path), file=str(path))
 
 
-def parse_yaml(text: str, name: str = "<string>") -> tuple[Any, Lines]:
-    """:func:`load_yaml` for a string."""
+def parse_yaml(text: str, name: str = "<string>", *,
+               file: str | None = None) -> tuple[Any, Lines]:
+    """:func:`load_yaml` for a string; ``name`` starts the messages, ``file`` (where the
+    text came from, if anywhere) is the errors' ``file``."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as err:
@@ -47,15 +49,17 @@ def parse_yaml(text: str, name: str = "<string>") -> tuple[Any, Lines]:
         problem = getattr(err, "problem", None) or str(err)
         raise ConfigError(
             f"{name}{where}: invalid YAML: {problem}. Check indentation and that every "
-            "'key: value' pair is on its own line."
+            "'key: value' pair is on its own line.", file=file,
+            line=mark.line + 1 if mark else None,
         ) from None
     lines: Lines = {}
     if node is None:
         return None, lines
-    return _convert(node, (), lines, name), lines
+    return _convert(node, (), lines, name, file), lines
 
 
-def _convert(node: yaml.Node, path: tuple[str | int, ...], lines: Lines, name: str) -> Any:
+def _convert(node: yaml.Node, path: tuple[str | int, ...], lines: Lines, name: str,
+             file: str | None) -> Any:
     lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
@@ -63,14 +67,15 @@ def _convert(node: yaml.Node, path: tuple[str | int, ...], lines: Lines, name: s
             key = yaml.SafeLoader(" ").construct_object(key_node)  # type: ignore[arg-type]
             key = str(key)
             if key in out:
-                raise ConfigError(
-                    f"{name}, line {key_node.start_mark.line + 1}: key {key!r} appears twice."
-                )
-            out[key] = _convert(value_node, (*path, key), lines, name)
+                line = key_node.start_mark.line + 1
+                raise ConfigError(f"{name}, line {line}: key {key!r} appears twice.",
+                                  file=file, key=dotted((*path, key)), line=line)
+            out[key] = _convert(value_node, (*path, key), lines, name, file)
             lines[(*path, key)] = key_node.start_mark.line + 1
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_convert(item, (*path, i), lines, name) for i, item in enumerate(node.value)]
+        return [_convert(item, (*path, i), lines, name, file)
+                for i, item in enumerate(node.value)]
     return yaml.SafeLoader(" ").construct_object(node)  # type: ignore[arg-type]
 
 
@@ -92,18 +97,31 @@ class Field:
 
 @dataclass
 class Validator:
-    """Validates parsed YAML against a schema, reporting with file name and lines."""
+    """Validates parsed YAML against a schema, reporting with file name and lines.
+
+    ``name`` starts every message; ``file``, the file the data came from (if any), is the
+    errors' ``file`` attribute.
+    """
 
     name: str
     lines: Lines = field(default_factory=dict)
+    file: str | None = None
 
-    def line(self, path: tuple[str | int, ...]) -> str:
+    def line_number(self, path: tuple[str | int, ...]) -> int | None:
+        """The line of ``path``, or of its nearest parent that has one."""
         while path and path not in self.lines:
             path = path[:-1]
-        return f", line {self.lines[path]}" if path in self.lines else ""
+        return self.lines.get(path)
+
+    def line(self, path: tuple[str | int, ...]) -> str:
+        number = self.line_number(path)
+        return f", line {number}" if number is not None else ""
 
     def error(self, path: tuple[str | int, ...], message: str) -> ConfigError:
-        return ConfigError(f"{self.name}{self.line(path)}: {message}")
+        """A :class:`ConfigError` at ``path``: the message starts with the file and line,
+        and the error carries them (``file``, ``key``, ``line``)."""
+        return ConfigError(f"{self.name}{self.line(path)}: {message}", file=self.file,
+                           key=dotted(path) or None, line=self.line_number(path))
 
     def mapping(
         self, data: Any, schema: Mapping[str, Field], path: tuple[str | int, ...] = ()
@@ -179,10 +197,14 @@ def _type_name(value: Any) -> str:
         type(value), type(value).__name__)
 
 
-def _describe(path: tuple[str | int, ...]) -> str:
-    if not path:
-        return "the top level"
+def dotted(path: tuple[str | int, ...]) -> str:
+    """A path of keys and indices as a job file's reader writes it:
+    ``dataset.groups[0].name`` (``""`` for the top level)."""
     text = ""
     for part in path:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
-    return f"'{text}'"
+    return text
+
+
+def _describe(path: tuple[str | int, ...]) -> str:
+    return f"'{dotted(path)}'" if path else "the top level"

@@ -354,7 +354,7 @@ def load_job(path: str | Path) -> Job:
     """
     path = Path(path)
     data, lines = load_yaml(path)
-    job = job_from_dict(data, Validator(str(path), lines), base=path.parent)
+    job = job_from_dict(data, Validator(str(path), lines, file=str(path)), base=path.parent)
     job.source = path
     return job
 

@@ -317,7 +317,7 @@ def test_unknown_tree_lists_the_closest_first() -> None:
     with pytest.raises(DataError) as info:
         inspect_file(NANOAOD, tree="events")
     message = str(info.value)
-    assert f"{NANOAOD} has no tree 'events'. Did you mean 'Events'?" in message
+    assert f"Tree 'events' is not in {NANOAOD}. Did you mean 'Events'?" in message
     assert "--tree" in message
 
 
@@ -373,7 +373,7 @@ def test_cli_json(capsys: pytest.CaptureFixture[str], sample_dir: Path) -> None:
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["--tree", "Event"], "has no tree 'Event'. Did you mean 'Events'?"),
+    (["--tree", "Event"], f"Tree 'Event' is not in {NANOAOD}. Did you mean 'Events'?"),
     (["--sample-events", "0"], "sample_events must be at least 1"),
 ])
 def test_cli_bad_tree_exits_2(capsys: pytest.CaptureFixture[str], args: list[str],

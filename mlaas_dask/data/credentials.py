@@ -125,13 +125,15 @@ class Credentials:
         if environ.get("X509_USER_PROXY") and not os.path.isfile(environ["X509_USER_PROXY"]):
             raise DataError(
                 f"X509_USER_PROXY points to {environ['X509_USER_PROXY']}, which does not "
-                "exist. Create a proxy (voms-proxy-init) or unset the variable.")
+                "exist. Create a proxy (voms-proxy-init) or unset the variable.",
+                file=environ["X509_USER_PROXY"])
         path = proxy_path(environ)
         if path:
             try:
                 proxy = Path(path).read_bytes()
             except OSError as err:
-                raise DataError(f"Cannot read the X.509 proxy {path} ({err.strerror}).") from None
+                raise DataError(f"Cannot read the X.509 proxy {path} ({err.strerror}).",
+                                file=str(path)) from None
             remember_secret(proxy)
         return cls(proxy=proxy, token=bearer_token(environ),
                    ca_dir=environ.get("X509_CERT_DIR") or None)

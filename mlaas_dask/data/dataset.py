@@ -26,6 +26,7 @@ from mlaas_dask.data.remote import (
     ReadPolicy,
     display,
     failure_record,
+    first_failure,
     is_lfn,
     is_remote,
     locations,
@@ -34,7 +35,8 @@ from mlaas_dask.data.remote import (
     read_range,
     with_fallback,
 )
-from mlaas_dask.errors import DataError, did_you_mean
+from mlaas_dask.data.rootio import find_tree, object_classes
+from mlaas_dask.errors import DataError, did_you_mean, first_line
 
 
 @dataclass(frozen=True)
@@ -129,21 +131,21 @@ def expand(pattern: str, group: str = "", policy: ReadPolicy | None = None) -> l
         if not matches:
             raise DataError(
                 f"No file matches {pattern!r}{where}. Check the pattern, or generate sample "
-                "data with 'mlaas sample --out DIR'."
-            )
+                "data with 'mlaas sample --out DIR'.", file=pattern, group=group or None)
         return matches
     path = os.path.expanduser(pattern)
     if not os.path.exists(path):
         if is_lfn(path):
             raise DataError(
                 f"{path!r}{where} looks like a CMS logical file name but no redirector is "
-                "set: add dataset.redirectors, e.g. ['root://cms-xrd-global.cern.ch/'].")
-        raise DataError(f"File {path!r}{where} does not exist. Check the path in the job file.")
+                "set: add dataset.redirectors, e.g. ['root://cms-xrd-global.cern.ch/'].",
+                file=path, group=group or None)
+        raise DataError(f"File {path!r}{where} does not exist. Check the path in the job file.",
+                        file=path, group=group or None)
     if os.path.isdir(path):
         raise DataError(
             f"{path!r}{where} is a directory; give ROOT files or a glob such as "
-            f"'{os.path.join(path, '*.root')}'."
-        )
+            f"'{os.path.join(path, '*.root')}'.", file=path, group=group or None)
     return [path]
 
 
@@ -159,7 +161,8 @@ def _remote_glob(url: str, where: str, policy: ReadPolicy) -> list[str]:
 
     found, _ = with_fallback([url], action, policy, f"the listing of {display(url)}{where}")
     if not found:
-        raise DataError(f"No file matches {display(url)!r}{where}. Check the pattern.")
+        raise DataError(f"No file matches {display(url)!r}{where}. Check the pattern.",
+                        file=display(url))
     return found
 
 
@@ -171,9 +174,10 @@ def read_file_list(path: str | os.PathLike[str]) -> list[str]:
         with open(path) as handle:
             text = handle.read()
     except FileNotFoundError:
-        raise DataError(f"File list {path} does not exist.") from None
+        raise DataError(f"File list {path} does not exist.", file=str(path)) from None
     except OSError as err:
-        raise DataError(f"Cannot read the file list {path} ({err.strerror}).") from None
+        raise DataError(f"Cannot read the file list {path} ({err.strerror}).",
+                        file=str(path)) from None
     out = []
     for line in text.splitlines():
         entry = line.split("#", 1)[0].strip() if not line.lstrip().startswith("#") else ""
@@ -183,7 +187,7 @@ def read_file_list(path: str | os.PathLike[str]) -> list[str]:
             entry = os.path.normpath(os.path.join(base, entry))
         out.append(entry)
     if not out:
-        raise DataError(f"File list {path} lists no files.")
+        raise DataError(f"File list {path} lists no files.", file=str(path))
     return out
 
 
@@ -260,10 +264,11 @@ class Dataset:
         for group_index, group in enumerate(self.groups):
             if not any(info.group == group_index for info, _ in opened):
                 lost = [u for u in self.unopened if u["group"] == group.name]
-                first = f"{lost[0]['message']} {lost[0]['advice']}" if lost else "none"
                 raise DataError(
                     f"Group {group.name!r} lost all its files: none of its {len(lost)} "
-                    f"files could be opened (dataset.on_error: skip). First failure: {first}")
+                    "files could be opened (dataset.on_error: skip). First failure: "
+                    f"{first_failure(lost)}",
+                    group=group.name)
         self.files: list[FileInfo] = [info for info, _ in opened]
         present_everywhere = set(wanted).intersection(*(info.types for info in self.files))
         for info, available in opened:
@@ -271,8 +276,9 @@ class Dataset:
                 if branch not in info.types:
                     raise DataError(
                         f"Branch {branch!r} is not in tree {tree!r} of {display(info.path)}."
-                        + did_you_mean(branch, available, "branches")
-                    )
+                        + did_you_mean(branch, available, "branches"),
+                        file=display(info.path), tree=tree, branch=branch, key=branch,
+                        available=available)
         self.optional_present = [b for b in optional_branches if b in present_everywhere]
         self.branches = list(dict.fromkeys([*branches, *self.optional_present]))
         self._check_same_schema()
@@ -363,11 +369,10 @@ class Dataset:
                 wanted -= len(events)
                 sampled_file = part.file
         if not arrays and self.sample_skipped:
-            first = self.sample_skipped[0]
             raise DataError(
                 f"No events could be read for the sample ({len(self.sample_skipped)} "
                 f"partitions failed, dataset.on_error: skip). First failure: "
-                f"{first['message']} {first['advice']}")
+                f"{first_failure(self.sample_skipped)}", file=self.sample_skipped[0]["file"])
         return arrays
 
     # -- lazy reading ----------------------------------------------------------------------
@@ -413,8 +418,8 @@ class Dataset:
                         f"Files in one dataset have different schemas: branch {branch!r} is "
                         f"{first.types[branch]} in {first.path} but {info.types[branch]} in "
                         f"{info.path}. Put files with different content in separate jobs, or "
-                        "drop the branch from the features."
-                    )
+                        "drop the branch from the features.", file=display(info.path),
+                        tree=self.tree, branch=branch)
 
 
 def _open(path: str, group: int, tree: str, branches: Sequence[str], policy: ReadPolicy,
@@ -445,15 +450,16 @@ def _open(path: str, group: int, tree: str, branches: Sequence[str], policy: Rea
         (info, available), outcome = with_fallback(places, action, policy, display(path))
     except ReadFailure as err:
         if policy.on_error == "fail":
-            raise DataError(f"{err} (dataset.on_error: fail)") from None
+            raise DataError(f"{err} (dataset.on_error: fail)", file=display(path),
+                            tree=tree) from None
         raise
     ordered = (info.url, *[p for p in places if p != info.url])
     info = FileInfo(info.path, info.group, info.entries, info.types, info.jagged, info.url,
                     ordered, info.identity)
     if info.entries == 0:
         raise DataError(
-            f"Tree {tree!r} of {display(path)} has no events. Remove the file from the dataset."
-        )
+            f"Tree {tree!r} of {display(path)} has no events. Remove the file from the dataset.",
+            file=display(path), tree=tree)
     return info, available, outcome
 
 
@@ -471,24 +477,11 @@ def _read_metadata(path: str, url: str, group: int, tree: str, branches: Sequenc
         if transient or is_remote(url):
             raise
         raise NotRootFile(  # the advice (truncated, corrupt...) comes with the ReadFailure
-            f"cannot open it as a ROOT file ({type(err).__name__}: {_first_line(err)})"
+            f"cannot open it as a ROOT file ({_described(err)})"
         ) from None
     with handle:
         _check_size(handle)
-        trees = {k.split(";")[0]: v for k, v in handle.classnames().items()
-                 if v in ("TTree", "TNtuple", "TNtupleD")}
-        if tree not in trees:
-            kinds = {k.split(";")[0]: v for k, v in handle.classnames().items()}
-            if kinds.get(tree, "").endswith("RNTuple"):
-                raise DataError(
-                    f"{tree!r} in {shown} is an RNTuple; mlaas_dask reads TTrees. Convert it, "
-                    "or write the file as a TTree."
-                )
-            raise DataError(
-                f"Tree {tree!r} is not in {shown}."
-                + (did_you_mean(tree, trees, "trees") if trees else " The file holds no trees.")
-                + " Set dataset.tree in the job file."
-            )
+        find_tree(object_classes(handle), tree, shown, by_base_name=False)
         try:
             ttree = handle[tree]
             available = list(ttree.keys(recursive=True))
@@ -505,7 +498,7 @@ def _read_metadata(path: str, url: str, group: int, tree: str, branches: Sequenc
             if classify(err)[0]:
                 raise
             raise NotRootFile(
-                f"cannot read tree {tree!r} ({type(err).__name__}: {_first_line(err)})"
+                f"cannot read tree {tree!r} ({_described(err)})"
             ) from None
     return FileInfo(path, group, entries, types, jagged, url), available
 
@@ -537,6 +530,5 @@ def _is_jagged(branch: Any) -> bool:
     return isinstance(interpretation, uproot.interpretation.jagged.AsJagged | uproot.AsObjects)
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
+def _described(err: BaseException) -> str:
+    return f"{type(err).__name__}: {first_line(err) or type(err).__name__}"

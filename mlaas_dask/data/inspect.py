@@ -8,7 +8,6 @@ is fast on wide files (a real NanoAOD file has about 1000 branches) and on remot
 
 from __future__ import annotations
 
-import math
 import os
 import struct
 from collections import Counter
@@ -16,11 +15,14 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
-from mlaas_dask.errors import DataError, MlaasError, did_you_mean
+from mlaas_dask.data.multiplicity import multiplicity_stats, objects_to_keep
+from mlaas_dask.data.remote import ReadPolicy, open_root
+from mlaas_dask.data.rootio import TREE_CLASSES, find_tree, object_classes, tree_names
+from mlaas_dask.errors import DataError, MlaasError, did_you_mean, first_line
 
 DEFAULT_SAMPLE_EVENTS = 100_000
+#: a shorter timeout than a training job's: inspecting is interactive
+_POLICY = ReadPolicy(timeout=30.0)
 
 #: ROOT compression algorithm codes (``fCompress // 100``) and block magic bytes
 _ALGORITHM_CODES = {1: "zlib", 2: "lzma", 4: "lz4", 5: "zstd"}
@@ -176,9 +178,11 @@ def _location(path_or_url: str | os.PathLike[str]) -> str | Path:
     if path.is_dir():
         inside = sorted(p.name for p in path.glob("*.root"))[:10]
         hint = f" ROOT files in it: {', '.join(inside)}." if inside else ""
-        raise DataError(f"{path} is a directory; give one ROOT file inside it.{hint}")
+        raise DataError(f"{path} is a directory; give one ROOT file inside it.{hint}",
+                        file=str(path))
     if not path.exists():
-        raise DataError(f"{path} does not exist. Check the path." + _nearby_files(path))
+        raise DataError(f"{path} does not exist. Check the path." + _nearby_files(path),
+                        file=str(path))
     _check_header(path)
     return path
 
@@ -199,53 +203,48 @@ def _check_header(path: Path) -> None:
         with path.open("rb") as stream:
             head = stream.read(_ROOT_HEADER.size)
     except OSError as err:
-        raise DataError(f"{path} cannot be read: {err.strerror or err}.") from None
+        raise DataError(f"{path} cannot be read: {err.strerror or err}.",
+                        file=str(path)) from None
     size = path.stat().st_size
     if size == 0:
         raise DataError(f"{path} is empty (0 bytes); it is not a usable ROOT file. Write or "
-                        "copy it again.")
+                        "copy it again.", file=str(path))
     if head[:4] != b"root":
         raise DataError(
             f"{path} is not a ROOT file (it does not start with the bytes 'root'). Give a "
-            ".root file written by ROOT or uproot."
-        )
+            ".root file written by ROOT or uproot.", file=str(path))
     if len(head) < _ROOT_HEADER.size:
         raise DataError(f"{path} is truncated: it has only {size} bytes, less than a ROOT "
-                        "file header. Copy it again from its source.")
+                        "file header. Copy it again from its source.", file=str(path))
     version = struct.unpack_from(">i", head, 4)[0]
     end = struct.unpack_from(">q" if version >= 1_000_000 else ">i", head, 12)[0]
     if size < end:
         raise DataError(
             f"{path} is truncated: it has {size:,} bytes but its header says {end:,}. An "
-            "interrupted copy or write does this; copy it again from its source."
-        )
+            "interrupted copy or write does this; copy it again from its source.",
+            file=str(path))
 
 
 def _open(location: str | Path) -> Any:
-    import uproot
-
-    from mlaas_dask.data.decompression import use_fastest_zlib
-
-    use_fastest_zlib()
-    if isinstance(location, str) and location.startswith("root://"):
-        from mlaas_dask.extras import require
-
-        require("fsspec_xrootd")
-    options = {"timeout": 30} if isinstance(location, str) else {}
+    """The file opened as every reader opens it (:func:`~mlaas_dask.data.remote.open_root`:
+    timeouts, TLS, credentials), with inspect's messages for what goes wrong."""
     try:
-        return uproot.open({location: None} if isinstance(location, str) else location,
-                           **options)
+        return open_root(str(location), _POLICY)
     except FileNotFoundError:
-        raise DataError(f"{location} does not exist. Check the path or URL.") from None
+        raise DataError(f"{location} does not exist. Check the path or URL.",
+                        file=str(location)) from None
     except PermissionError:
-        raise DataError(f"{location} cannot be read: permission denied.") from None
+        raise DataError(f"{location} cannot be read: permission denied.",
+                        file=str(location)) from None
     except ValueError as err:
         if "not a ROOT file" in str(err):
             raise DataError(
                 f"{location} is not a ROOT file (it does not start with the bytes 'root'). "
-                "Give a .root file written by ROOT or uproot."
+                "Give a .root file written by ROOT or uproot.", file=str(location)
             ) from None
         raise _unreadable(location, err) from None
+    except MlaasError:
+        raise
     except Exception as err:  # noqa: BLE001 - any failure to parse the header means corrupt
         raise _unreadable(location, err) from None
 
@@ -261,17 +260,16 @@ def _guarded(location: str | Path, work: Any) -> Any:
 
 def _unreadable(location: str | Path, err: BaseException) -> DataError:
     """A local file that fails to parse is corrupt; a URL may also be unreachable."""
+    detail = first_line(err)[:200] or "no details"
     if isinstance(location, str):
         return DataError(
-            f"Cannot read {location}: {_error_name(err)}: {_first_line(err)}. Check the URL, "
+            f"Cannot read {location}: {_error_name(err)}: {detail}. Check the URL, "
             "that the server is reachable, your credentials (a grid proxy or token for "
-            "root://), and that the file is complete."
-        )
+            "root://), and that the file is complete.", file=location)
     return DataError(
         f"{location} could not be read as a ROOT file: it looks truncated or corrupt "
-        f"({_error_name(err)}: {_first_line(err)}). Check its size against the source, "
-        "copy it again, or leave it out of the dataset."
-    )
+        f"({_error_name(err)}: {detail}). Check its size against the source, "
+        "copy it again, or leave it out of the dataset.", file=str(location))
 
 
 def _error_name(err: BaseException) -> str:
@@ -279,51 +277,22 @@ def _error_name(err: BaseException) -> str:
     return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:200] if text else "no details"
-
-
 # -- building the report ------------------------------------------------------------------
 
 
 def _report(file: Any, location: str | Path, tree: str | None,
             sample_events: int) -> dict[str, Any]:
-    classes = file.classnames(recursive=True, cycle=False)
-    tree_names = [k for k, v in classes.items() if v in ("TTree", "TNtuple", "TNtupleD")]
+    classes = object_classes(file)
+    names = tree_names(classes)
     if tree is not None:
-        tree_names = [_resolve_tree_name(location, tree, tree_names, classes)]
+        names = [find_tree(classes, tree, str(location))]
     return {
         "path": str(location),
         "size_bytes": location.stat().st_size if isinstance(location, Path) else None,
-        "trees": [_tree_report(file, name, sample_events) for name in tree_names],
+        "trees": [_tree_report(file, name, sample_events) for name in names],
         "other_objects": {k: v for k, v in classes.items()
-                          if k not in tree_names and v not in ("TTree", "TNtuple",
-                                                               "TNtupleD", "TDirectory")},
+                          if k not in names and v not in (*TREE_CLASSES, "TDirectory")},
     }
-
-
-def _resolve_tree_name(location: str | Path, tree: str, tree_names: list[str],
-                       classes: dict[str, str]) -> str:
-    wanted = tree.strip("/").split(";")[0]
-    if wanted in tree_names:
-        return wanted
-    by_base = [name for name in tree_names if name.rsplit("/", 1)[-1] == wanted]
-    if len(by_base) == 1:
-        return by_base[0]
-    if "RNTuple" in classes.get(wanted, ""):
-        raise DataError(
-            f"In {location}, {wanted!r} is an RNTuple, not a TTree; mlaas_dask reads TTrees. "
-            "Convert it, or write the data as a TTree (uproot: file.mktree(...))."
-        )
-    if not tree_names:
-        held = ", ".join(f"{k} ({v})" for k, v in classes.items()) or "nothing"
-        raise DataError(f"{location} has no TTree (it holds: {held}), so there is no "
-                        f"tree {tree!r} to read.")
-    raise DataError(
-        f"{location} has no tree {tree!r}." + did_you_mean(wanted, tree_names, "trees")
-        + " Pass one of them with --tree (or the dataset's tree: key)."
-    )
 
 
 def _tree_report(file: Any, name: str, sample_events: int) -> dict[str, Any]:
@@ -400,21 +369,6 @@ def _multiplicities(tree: Any, branches: list[dict[str, Any]], counters: set[str
     return out
 
 
-def multiplicity_stats(counts: np.ndarray) -> dict[str, float] | None:
-    """Mean, 95th and 99th percentile (numpy's linear interpolation) and maximum of
-    per-event object counts; ``None`` for no events."""
-    counts = np.asarray(counts)
-    if counts.size == 0:
-        return None
-    p95, p99 = np.percentile(counts, [95, 99])
-    return {
-        "mean": float(np.mean(counts)),
-        "p95": float(p95),
-        "p99": float(p99),
-        "max": int(np.max(counts)),
-    }
-
-
 def _compression(file: Any, tree: Any) -> dict[str, Any]:
     """Algorithm and level: the level as declared (branch, else file setting), the
     algorithm from the first compressed basket when one is found (ROOT's code 0 means
@@ -454,7 +408,8 @@ def pick_tree(report: dict[str, Any], tree: str | None = None) -> dict[str, Any]
     most entries (then the most branches): usually the event tree."""
     trees = report["trees"]
     if not trees:
-        raise DataError(f"{report['path']} has no TTree to suggest features for.")
+        raise DataError(f"{report['path']} has no TTree to suggest features for.",
+                        file=report["path"])
     if tree is None:
         return max(trees, key=lambda t: (t["entries"], len(t["branches"])))
     for info in trees:
@@ -462,8 +417,8 @@ def pick_tree(report: dict[str, Any], tree: str | None = None) -> dict[str, Any]
             return info
     raise DataError(
         f"{report['path']} has no tree {tree!r} in this report."
-        + did_you_mean(tree, [t["name"] for t in trees], "trees")
-    )
+        + did_you_mean(tree, [t["name"] for t in trees], "trees"), file=report["path"],
+        tree=tree, key=tree, available=[t["name"] for t in trees])
 
 
 def _suggest(info: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[str]]]:
@@ -542,7 +497,7 @@ def _collection(prefix: str, members: list[dict[str, Any]],
         return None
     stats = members[0]["multiplicity"]
     collection: dict[str, Any] = {"fields": fields}
-    collection["n"] = max(1, math.ceil(stats["p95"])) if stats else "auto"
+    collection["n"] = objects_to_keep(stats["p95"]) if stats else "auto"
     px, py = _momentum_components(fields)
     if "pt" in fields:
         collection["sort_by"] = "pt"

@@ -23,12 +23,12 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from mlaas_dask.data.credentials import bearer_token, scrub, ssl_context
-from mlaas_dask.errors import DataError
+from mlaas_dask.errors import DataError, first_line
 
 T = TypeVar("T")
 
@@ -236,24 +236,19 @@ def _cause(err: BaseException) -> str:
     name = type(err).__name__
     if name == "ClientConnectorError" or name == "ClientConnectorCertificateError":
         inner = getattr(err, "os_error", None) or err.__cause__
-        base = f"{name}: cannot connect ({_first_line(inner) if inner else 'no connection'})"
+        base = f"{name}: cannot connect ({first_line(inner) if inner else 'no connection'})"
         return scrub(base)
     if isinstance(err, FileNotFoundError | PermissionError):
         what = "no such file" if isinstance(err, FileNotFoundError) else "permission denied"
-        detail = err.strerror if err.strerror else _first_line(err)
+        detail = err.strerror if err.strerror else first_line(err)
         if not detail or "://" in detail or detail.startswith("/") or detail == what:
             return what  # the detail would only repeat the path
         return scrub(f"{what} ({detail})")
-    text = _first_line(err) or name
+    text = first_line(err) or name
     if isinstance(err, NotRootFile):  # its text says what is wrong: no class name
         return scrub(text)
     text = text.removeprefix("Failed to open file: ")
     return scrub(f"{name}: {text}")
-
-
-def _first_line(err: BaseException) -> str:
-    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
-    return lines[0] if lines else ""
 
 
 @dataclass
@@ -354,6 +349,12 @@ def failure_record(err: ReadFailure) -> dict[str, Any]:
     the advice, and every attempt."""
     return {"error": err.cause, "message": err.summary, "advice": err.advice,
             "attempts": [a.to_dict() for a in err.outcome.attempts]}
+
+
+def first_failure(records: Sequence[Mapping[str, Any]]) -> str:
+    """The first of a report's failed reads (:func:`failure_record` entries) as messages
+    quote it, what and where then the advice; ``none`` when there is none."""
+    return f"{records[0]['message']} {records[0]['advice']}" if records else "none"
 
 
 class NotRootFile(ValueError):
@@ -476,7 +477,7 @@ def open_root(url: str, policy: ReadPolicy, fresh: bool = False) -> Any:
     options = open_options(url, policy)
     if fresh and is_remote(url):
         options["skip_instance_cache"] = True
-    return uproot.open(url, **options)
+    return uproot.open({url: None}, **options)  # a dict: no 'file.root:tree' splitting
 
 
 def read_range(places: Sequence[str], tree: str, branches: Sequence[str], start: int,

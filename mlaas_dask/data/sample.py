@@ -237,12 +237,13 @@ def _split(total: int, parts: int) -> list[int]:
 def _check_targets(paths: dict[str, list[Path]], overwrite: bool) -> None:
     for path in (p for group in paths.values() for p in group):
         if path.is_dir():
-            raise DataError(f"Cannot write {path}: a directory of that name exists.")
+            raise DataError(f"Cannot write {path}: a directory of that name exists.",
+                            file=str(path))
         if path.exists() and not overwrite:
             raise DataError(
                 f"{path} already exists; nothing was written. Pass --overwrite "
-                "(overwrite=True) to replace it, or choose another --out directory."
-            )
+                "(overwrite=True) to replace it, or choose another --out directory.",
+                file=str(path))
 
 
 # -- writing ------------------------------------------------------------------------------

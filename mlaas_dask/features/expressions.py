@@ -158,8 +158,8 @@ class Expression:
         if missing:
             raise FeatureError(
                 f"The {self.where} {_short(self.text)!r} uses {missing[0]!r}, which is not in the "
-                f"events.{did_you_mean(missing[0], namespace.keys(), 'branches')}"
-            )
+                f"events.{did_you_mean(missing[0], namespace.keys(), 'branches')}",
+                branch=missing[0])
         try:
             with np.errstate(all="ignore"):  # NaN and inf are "missing" downstream
                 return self._fn(namespace)  # type: ignore[attr-defined]

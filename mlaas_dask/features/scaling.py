@@ -16,6 +16,9 @@ import numpy as np
 
 from mlaas_dask.errors import FeatureError
 
+#: the file of a model bundle that holds a Preprocess
+PREPROCESS_FILE = "preprocess.json"
+
 
 @dataclass(frozen=True)
 class Preprocess:
@@ -63,33 +66,36 @@ class Preprocess:
             of the wrong length.
         """
         if not isinstance(data, Mapping):
-            raise FeatureError(f"{_FILE} must hold a JSON object, not {type(data).__name__}.")
+            raise FeatureError(f"{PREPROCESS_FILE} must hold a JSON object, not "
+                               f"{type(data).__name__}.")
         unknown = sorted(set(data) - {"fill_value", "mean", "scale"})
         if unknown:
-            raise FeatureError(f"{_FILE} has unknown keys {unknown}; it holds fill_value, "
-                               "mean and scale.")
+            raise FeatureError(f"{PREPROCESS_FILE} has unknown keys {unknown}; it holds "
+                               "fill_value, mean and scale.", key=str(unknown[0]))
         fill = _number(data.get("fill_value", 0.0), "fill_value")
         mean = _numbers(data.get("mean"), "mean", n_features)
         scale = _numbers(data.get("scale"), "scale", n_features)
         if (mean is None) != (scale is None):
-            raise FeatureError(f"{_FILE} gives {'mean' if scale is None else 'scale'} "
+            raise FeatureError(f"{PREPROCESS_FILE} gives {'mean' if scale is None else 'scale'} "
                                "without the other; give both or neither.")
         if mean is not None and scale is not None and len(mean) != len(scale):
-            raise FeatureError(f"{_FILE} has {len(mean)} means but {len(scale)} scales.")
+            raise FeatureError(f"{PREPROCESS_FILE} has {len(mean)} means but {len(scale)} "
+                               "scales.", key="scale")
         if scale is not None and 0.0 in scale:
-            raise FeatureError(f"{_FILE}: scale {scale.index(0.0)} is 0; scales divide the "
-                               "features and must not be 0.")
+            raise FeatureError(f"{PREPROCESS_FILE}: scale {scale.index(0.0)} is 0; scales divide "
+                               "the features and must not be 0.",
+                               key=f"scale[{scale.index(0.0)}]")
         return cls(fill, mean, scale)
 
-
-_FILE = "preprocess.json"
 
 
 def _number(value: Any, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise FeatureError(f"{_FILE}: {key} must be a number, not {value!r}.")
+        raise FeatureError(f"{PREPROCESS_FILE}: {key} must be a number, not {value!r}.",
+                           key=key)
     if abs(value) > _LARGEST or not math.isfinite(value):  # a huge int is no float
-        raise FeatureError(f"{_FILE}: {key} is {value!r}; it must be a finite float32.")
+        raise FeatureError(f"{PREPROCESS_FILE}: {key} is {value!r}; it must be a finite "
+                           "float32.", key=key)
     return float(value)
 
 
@@ -97,11 +103,12 @@ def _numbers(values: Any, key: str, n_features: int | None) -> tuple[float, ...]
     if values is None:
         return None
     if not isinstance(values, list):
-        raise FeatureError(f"{_FILE}: {key} must be a list of numbers, not "
-                           f"{type(values).__name__}.")
+        raise FeatureError(f"{PREPROCESS_FILE}: {key} must be a list of numbers, not "
+                           f"{type(values).__name__}.", key=key)
     if n_features is not None and len(values) != n_features:
-        raise FeatureError(f"{_FILE}: {key} has {len(values)} values but the model has "
-                           f"{n_features} features. The bundle is inconsistent; retrain it.")
+        raise FeatureError(f"{PREPROCESS_FILE}: {key} has {len(values)} values but the model "
+                           f"has {n_features} features. The bundle is inconsistent; retrain it.",
+                           key=key)
     return tuple(_number(v, f"{key}[{i}]") for i, v in enumerate(values))
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from mlaas_dask.data.multiplicity import DEFAULT_QUANTILE, MAX_OBJECTS, estimate_n
 from mlaas_dask.errors import FeatureError, did_you_mean
 from mlaas_dask.features.expressions import Expression
 from mlaas_dask.features.jagged import (
@@ -26,9 +26,10 @@ from mlaas_dask.features.jagged import (
 )
 
 SPEC_VERSION = 1
-#: bounds on what a FeatureSpec may describe: objects kept per collection, matrix columns,
-#: characters in a branch or feature name
-MAX_OBJECTS = 1_000
+#: the file of a model bundle that holds a FeatureSpec
+FEATURES_FILE = "features.json"
+#: bounds on what a FeatureSpec may describe: matrix columns, characters in a branch or
+#: feature name (and objects kept per collection, MAX_OBJECTS, with the estimate of n)
 MAX_FEATURES = 50_000
 MAX_NAME_LENGTH = 256
 
@@ -69,30 +70,33 @@ class Collection:
     multiplicity: bool = True
     derived: dict[str, str] = field(default_factory=dict)
     prefix: str | None = None
-    quantile: float = 0.95
+    quantile: float = DEFAULT_QUANTILE
 
     def __post_init__(self) -> None:
         where = f"Collection {_name(self.name, 'a collection name')!r}"
         _names(self.fields, f"{where}: fields")
+        key = f"collections.{self.name}"
         if not self.fields:
-            raise FeatureError(f"{where} lists no fields; give at least one.")
+            raise FeatureError(f"{where} lists no fields; give at least one.",
+                               feature=self.name, key=f"{key}.fields")
         if self.n is not None and (not _is_int(self.n) or not 1 <= self.n <= MAX_OBJECTS):
             raise FeatureError(
                 f"{where}: n must be an integer from 1 to {MAX_OBJECTS:,} or 'auto', "
-                f"not {self.n!r}."
-            )
+                f"not {self.n!r}.", feature=self.name, key=f"{key}.n")
         if self.sort_by is not None:
             _name(self.sort_by, f"{where}: sort_by")
         if self.prefix is not None and not isinstance(self.prefix, str):
-            raise FeatureError(f"{where}: prefix must be a string, not {self.prefix!r}.")
-        for key in ("ascending", "multiplicity"):
-            if not isinstance(getattr(self, key), bool):
-                raise FeatureError(f"{where}: {key} must be true or false, not "
-                                   f"{getattr(self, key)!r}.")
+            raise FeatureError(f"{where}: prefix must be a string, not {self.prefix!r}.",
+                               feature=self.name, key=f"{key}.prefix")
+        for flag in ("ascending", "multiplicity"):
+            if not isinstance(getattr(self, flag), bool):
+                raise FeatureError(f"{where}: {flag} must be true or false, not "
+                                   f"{getattr(self, flag)!r}.", feature=self.name,
+                                   key=f"{key}.{flag}")
         if not _is_number(self.quantile) or not 0 < self.quantile <= 1:
             raise FeatureError(
-                f"{where}: quantile must be in (0, 1], not {self.quantile!r}."
-            )
+                f"{where}: quantile must be in (0, 1], not {self.quantile!r}.",
+                feature=self.name, key=f"{key}.quantile")
         _expressions(self.derived, f"{where}: derived")
         self._derived = {
             key: Expression(text, f"derived field {key!r} of collection {self.name!r}")
@@ -120,8 +124,8 @@ class Collection:
         if self.n is None:
             raise FeatureError(
                 f"Collection {self.name!r} has n: auto and has not been sized yet; call "
-                "FeatureSpec.resolve() on a sample of the data first."
-            )
+                "FeatureSpec.resolve() on a sample of the data first.", feature=self.name,
+                key=f"collections.{self.name}.n")
         names = [f"n{self.name}"] if self.multiplicity else []
         for fld in self.fields:
             names.extend(f"{self.name}_{fld}_{i}" for i in range(self.n))
@@ -139,7 +143,7 @@ class Collection:
             out["derived"] = dict(self.derived)
         if self.prefix is not None:
             out["prefix"] = self.prefix
-        if self.n is None or self.quantile != 0.95:
+        if self.n is None or self.quantile != DEFAULT_QUANTILE:
             out["quantile"] = self.quantile
         return out
 
@@ -240,16 +244,15 @@ class FeatureSpec:
                     f"Branch {name!r} in {where} is jagged (a list per event) but is used as "
                     f"a flat feature. Put it under 'collections:' instead, e.g. collections: "
                     f"{{{name.split('_')[0]}: {{fields: [{name.partition('_')[2] or name}], "
-                    "n: 4}}."
-                )
+                    "n: 4}}.", feature=name, branch=name, key="flat")
         for collection in self.collections.values():
             for branch in collection.branches():
                 if jagged.get(branch) is False:
                     raise FeatureError(
                         f"Branch {branch!r} of collection {collection.name!r} in {where} is "
                         "flat (one value per event), not a list per event. List it under "
-                        "'flat:' instead, or pick the collection's per-object branches."
-                    )
+                        "'flat:' instead, or pick the collection's per-object branches.",
+                        feature=collection.name, branch=branch)
 
     # -- sizing -----------------------------------------------------------------------------
 
@@ -264,8 +267,8 @@ class FeatureSpec:
                 counts = multiplicities.get(name)
                 if counts is None or len(counts) == 0:
                     raise FeatureError(
-                        f"Cannot estimate n for collection {name!r}: no events were sampled."
-                    )
+                        f"Cannot estimate n for collection {name!r}: no events were sampled.",
+                        feature=name, key=f"collections.{name}.n")
                 n = estimate_n(counts, collection.quantile)
                 collection = dataclasses.replace(collection, n=n)
             collections[name] = collection
@@ -300,8 +303,7 @@ class FeatureSpec:
         if missing:
             raise FeatureError(
                 f"Branch {missing[0]!r} needed by the features is missing from the events."
-                + did_you_mean(missing[0], available, "branches")
-            )
+                + did_you_mean(missing[0], available, "branches"), branch=missing[0])
         n_events = _length(events)
         selection = _Selection(keep, n_events)
         # column-major: every column is written in one contiguous pass (each one in full:
@@ -351,8 +353,8 @@ class FeatureSpec:
                 raise FeatureError(
                     f"Branches {reference!r} and {branch!r} of collection "
                     f"{collection.name!r} have different numbers of objects per event; a "
-                    "collection's branches must share one counter."
-                )
+                    "collection's branches must share one counter.",
+                    feature=collection.name, branch=branch)
             # re-base onto the first field's offsets so every field shares one index
             stored[fld] = content[these_offsets[0]:these_offsets[-1]]
         assert offsets is not None
@@ -368,8 +370,8 @@ class FeatureSpec:
                 raise FeatureError(
                     f"Collection {collection.name!r} is sorted by {collection.sort_by!r}, "
                     f"which is neither a stored nor a derived field."
-                    + did_you_mean(collection.sort_by, values, "fields")
-                )
+                    + did_you_mean(collection.sort_by, values, "fields"),
+                    feature=collection.name, key=f"collections.{collection.name}.sort_by")
             order = order_within_events(
                 offsets, values[collection.sort_by], descending=not collection.ascending
             )
@@ -407,25 +409,27 @@ class FeatureSpec:
         unknown = sorted(set(data) - _SPEC_KEYS)
         if unknown:
             raise FeatureError(f"The features have unknown keys {unknown}; allowed: "
-                               f"{', '.join(sorted(_SPEC_KEYS))}.")
+                               f"{', '.join(sorted(_SPEC_KEYS))}.", key=str(unknown[0]))
         version = data.get("version", SPEC_VERSION)
         if version != SPEC_VERSION:
             raise FeatureError(
-                f"features.json has version {version!r}; this mlaas_dask reads version "
-                f"{SPEC_VERSION}. Retrain the model or upgrade mlaas_dask."
-            )
+                f"{FEATURES_FILE} has version {version!r}; this mlaas_dask reads version "
+                f"{SPEC_VERSION}. Retrain the model or upgrade mlaas_dask.", key="version")
         collections = {}
         blocks = data.get("collections") or {}
         if not isinstance(blocks, Mapping):
-            raise FeatureError("collections must map collection names to their settings.")
+            raise FeatureError("collections must map collection names to their settings.",
+                               key="collections")
         for name, spec in blocks.items():
             if not isinstance(spec, Mapping):
                 raise FeatureError(f"Collection {name!r} must be a mapping of settings, not "
-                                   f"{type(spec).__name__}.")
+                                   f"{type(spec).__name__}.", feature=str(name),
+                                   key=f"collections.{name}")
             unknown = sorted(set(spec) - _COLLECTION_KEYS)
             if unknown:
                 raise FeatureError(f"Collection {name!r} has unknown keys {unknown}; allowed: "
-                                   f"{', '.join(sorted(_COLLECTION_KEYS))}.")
+                                   f"{', '.join(sorted(_COLLECTION_KEYS))}.", feature=str(name),
+                                   key=f"collections.{name}.{unknown[0]}")
             spec = dict(spec)
             n = spec.pop("n", "auto")
             collections[name] = Collection(
@@ -440,7 +444,7 @@ class FeatureSpec:
         if stated is not None and built.is_resolved and stated != built.feature_names:
             raise FeatureError("feature_names does not match the features described "
                                "(flat, collections, derived); the file was edited or is "
-                               "corrupt.")
+                               "corrupt.", key="feature_names")
         return built
 
     @classmethod
@@ -511,17 +515,6 @@ def _mapped(value: Any, what: str) -> dict[Any, Any]:
     return dict(value)
 
 
-def estimate_n(counts: np.ndarray, quantile: float = 0.95) -> int:
-    """Objects to keep per event: the ``quantile`` of the sampled multiplicity (at least 1,
-    at most :data:`MAX_OBJECTS`).
-
-    MLaaS4HEP pads to the maximum seen over a full pass; a quantile of a sample keeps the
-    matrix small and stable against rare, very busy events.
-    """
-    counts = np.asarray(counts)
-    return min(MAX_OBJECTS, max(1, math.ceil(float(np.quantile(counts, quantile)))))
-
-
 # -- helpers ------------------------------------------------------------------------------
 
 
@@ -577,13 +570,12 @@ def _not_jagged(array: Any, branch: str, collection: str) -> FeatureError:
     if kind.startswith(("var *", "option[var", "?var")) or kind[:1].isdigit():
         return FeatureError(
             f"Branch {branch!r} of collection {collection!r} is a list per event but not of "
-            f"numbers (type {kind}); a collection field needs one number per object."
-        )
+            f"numbers (type {kind}); a collection field needs one number per object.",
+            feature=collection, branch=branch)
     return FeatureError(
         f"Branch {branch!r} of collection {collection!r} is not jagged (one value per "
         f"event, type {kind}). List it under 'flat:' instead, or pick the collection's "
-        "per-object branches."
-    )
+        "per-object branches.", feature=collection, branch=branch)
 
 
 def _flat_values(array: Any, name: str) -> np.ndarray:
@@ -594,21 +586,19 @@ def _flat_values(array: Any, name: str) -> np.ndarray:
             f"Branch {name!r} is jagged (a list per event, type {_type_name(array)}) but is "
             f"used as a flat feature. Put its collection under 'collections:' instead, e.g. "
             f"collections: {{{name.split('_')[0]}: {{fields: [{name.partition('_')[2] or name}], "
-            f"n: 4}}}}."
-        )
+            f"n: 4}}}}.", feature=name, branch=name)
     import awkward as ak
 
     try:
         values = ak.to_numpy(ak.fill_none(array, np.nan), allow_missing=False)
     except (ValueError, TypeError) as err:
         raise FeatureError(
-            f"Branch {name!r} cannot be used as a number per event: {err}"
-        ) from None
+            f"Branch {name!r} cannot be used as a number per event: {err}", feature=name,
+            branch=name) from None
     if values.ndim != 1 or values.dtype.kind not in "biuf":
         raise FeatureError(
             f"Branch {name!r} has type {_type_name(array)}; a flat feature needs one number "
-            "per event."
-        )
+            "per event.", feature=name, branch=name)
     return values
 
 
