@@ -19,18 +19,25 @@ from mlaas_dask.cli import main
 from mlaas_dask.cluster import (
     ClusterConfig,
     available_clusters,
+    backend_names,
     cluster_from_text,
     connect,
     describe,
     example,
+    htcondor,
     load_cluster,
 )
-from mlaas_dask.cluster import htcondor, pbs, slurm
-from mlaas_dask.cluster.config import TYPE_NAMES, builtin_local
+from mlaas_dask.cluster.config import builtin_local
+from mlaas_dask.cluster.htcondor import HTCondorBackend
 from mlaas_dask.cluster.local import visible_gpus
+from mlaas_dask.cluster.pbs import PBSBackend
+from mlaas_dask.cluster.slurm import SlurmBackend
 from mlaas_dask.errors import ConfigError
 
 CLUSTER_FILES = sorted((REPO / "clusters").glob("*.yaml"))
+#: the built-in kinds of cluster (a test may register more)
+TYPE_NAMES = backend_names()
+SLURM, PBS, HTCONDOR_BACKEND = SlurmBackend(), PBSBackend(), HTCondorBackend()
 
 
 def config(text: str) -> ClusterConfig:
@@ -59,6 +66,52 @@ def test_cluster_files_are_valid_and_commented(path: Path) -> None:
     assert loaded.name == path.stem and loaded.source == str(path)
     text = path.read_text()
     assert text.startswith("#") and text.count("#") >= 5  # defaults explained in comments
+
+
+DEFAULT_MARK = "# (default)"
+
+
+def _leaves(data: dict[str, Any], schema: Any, path: tuple[str, ...] = ()) -> Any:
+    """Key paths of the values a file gives (the keys of blocks such as scheduler)."""
+    for key, value in data.items():
+        spec = schema.get(key)
+        if spec is not None and spec.schema is not None and isinstance(value, dict):
+            yield from _leaves(value, spec.schema, (*path, key))
+        else:
+            yield (*path, key)
+
+
+@pytest.mark.parametrize("path", CLUSTER_FILES, ids=lambda p: p.name)
+def test_cluster_files_mark_exactly_the_schemas_defaults(path: Path) -> None:
+    """A value commented '(default)' is the schema's default, and a value equal to the
+    schema's default says so: the files cannot drift from the one source of defaults."""
+    from mlaas_dask.cluster.fields import field_at
+    from mlaas_dask.config import parse_yaml
+
+    text = path.read_text()
+    rows = text.splitlines()
+    data, lines = parse_yaml(text, str(path))
+    loaded = load_cluster(path)
+    schema = loaded.backend.schema
+    marked = {number for number, row in enumerate(rows, 1) if DEFAULT_MARK in row}
+    defaults = set()
+    wrong = []
+    for leaf in _leaves(data, schema):
+        spec = field_at(schema, leaf)
+        value: Any = loaded.options
+        for key in leaf:
+            value = value[key]
+        is_default = spec.default is not None and value == spec.default
+        if is_default:
+            defaults.add(lines[leaf])
+        if is_default != (lines[leaf] in marked):
+            wrong.append(f"line {lines[leaf]}: {'.'.join(leaf)}: {value!r} (default "
+                         f"{spec.default!r}) {'is' if lines[leaf] in marked else 'is not'} "
+                         "marked '(default)'")
+    wrong += [f"line {number}: marked '(default)' but sets no default"
+              for number in sorted(marked - defaults)]
+    assert wrong == []
+    assert defaults, "each file shows some defaults"
 
 
 def test_local_file_is_the_embedded_default() -> None:
@@ -226,11 +279,11 @@ def test_slurm_job_script_from_the_file(tmp_path: Path) -> None:
     """The batch script dask-jobqueue's SLURMCluster generates from our kwargs (no job is
     submitted: nothing here needs sbatch)."""
     loaded = _slurm_file(tmp_path)
-    kwargs = slurm.job_kwargs(loaded)
+    kwargs = SLURM.job_kwargs(loaded)
     assert kwargs["walltime"] == "02:00:00"
     assert kwargs["scheduler_options"] == {"host": "127.0.0.1", "port": 0,
                                            "dashboard_address": "127.0.0.1:0"}
-    cluster = slurm.build(loaded)
+    cluster = SLURM.build(loaded)
     try:
         script = cluster.job_script()
     finally:
@@ -248,7 +301,7 @@ def test_slurm_job_script_from_the_file(tmp_path: Path) -> None:
 def test_pbs_builds_the_gpu_resource_spec(tmp_path: Path) -> None:
     loaded = config("type: pbs\ncores: 4\nmemory: 16GB\ngpus: 1\nqueue: workq\n"
                     "walltime: '00:30:00'\nscheduler: {host: 127.0.0.1}\n")
-    cluster = pbs.build(loaded)
+    cluster = PBS.build(loaded)
     try:
         script = cluster.job_script()
     finally:
@@ -300,7 +353,7 @@ def _htcondor(tmp_path: Path, extra: str = "", proxy: str | None = None,
 
 def test_htcondor_wlcg_keys_become_submit_description_lines(tmp_path: Path) -> None:
     loaded = _htcondor(tmp_path)
-    kwargs = htcondor.job_kwargs(loaded)
+    kwargs = HTCONDOR_BACKEND.job_kwargs(loaded)
     directives = kwargs["job_extra_directives"]
     assert directives["use_x509userproxy"] == "true"
     assert directives["x509userproxy"] == str(tmp_path / "x509up_u1000")
@@ -311,7 +364,7 @@ def test_htcondor_wlcg_keys_become_submit_description_lines(tmp_path: Path) -> N
     assert kwargs["job_script_prologue"][0] == (
         "export BEARER_TOKEN_FILE=$_CONDOR_SCRATCH_DIR/bt_u1000")
     assert kwargs["submit_command_extra"] == ["-name", "schedd.example.org"]
-    cluster = htcondor.build(loaded)
+    cluster = HTCONDOR_BACKEND.build(loaded)
     try:
         script = cluster.job_script()
         submit = cluster._dummy_job.submit_command
@@ -335,7 +388,7 @@ def test_htcondor_wlcg_keys_become_submit_description_lines(tmp_path: Path) -> N
 def test_htcondor_user_directives_win(tmp_path: Path) -> None:
     loaded = _htcondor(tmp_path, extra="")
     loaded.options["job_extra_directives"]["requirements"] = "TARGET.HasGPU"
-    assert htcondor.job_kwargs(loaded)["job_extra_directives"]["requirements"] == \
+    assert HTCONDOR_BACKEND.job_kwargs(loaded)["job_extra_directives"]["requirements"] == \
         "TARGET.HasGPU"
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlaas_dask.cluster import ClusterConfig
 
 EPILOG = """\
 examples:
@@ -34,60 +37,65 @@ def add_parser(subparsers: Any) -> None:
                         help="start the cluster, list its workers, stop it")
     action.add_argument("--example", metavar="TYPE",
                         help="print a valid cluster file of TYPE (local, address, slurm, "
-                             "htcondor, pbs)")
+                             "htcondor, pbs, or any other registered backend)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import yaml
-
-    from mlaas_dask.cluster import available_clusters, example, load_cluster
-    from mlaas_dask.cluster.config import TYPE_NAMES
-    from mlaas_dask.errors import ConfigError, did_you_mean
+    """List the known clusters, or validate, show, start or script one."""
+    from mlaas_dask.cluster import example, load_cluster
+    from mlaas_dask.errors import ConfigError
 
     if args.example:
-        if args.example not in TYPE_NAMES:
-            raise ConfigError(f"Unknown cluster type {args.example!r}."
-                              + did_you_mean(args.example, TYPE_NAMES, "types"))
         print(example(args.example))
         return 0
     if not args.cluster:
         if args.job_script or args.start:
             raise ConfigError("Name the cluster, e.g. 'mlaas cluster slurm --job-script'.")
-        for name, path in available_clusters().items():
-            try:
-                config = load_cluster(path or name)
-                what = f"{config.type:<9} {config.options.get('description') or ''}"
-            except ConfigError as err:
-                what = f"invalid: {str(err).splitlines()[0]}"
-            print(f"{name:<14} {what}  [{path or 'built-in'}]")
+        _list()
         return 0
     config = load_cluster(args.cluster)
     if args.job_script:
         return _job_script(config)
     if args.start:
         return _start(config)
+    _show(config)
+    return 0
+
+
+def _list() -> None:
+    from mlaas_dask.cluster import available_clusters, load_cluster
+    from mlaas_dask.errors import ConfigError
+
+    for name, path in available_clusters().items():
+        try:
+            config = load_cluster(path or name)
+            what = f"{config.type:<9} {config.options.get('description') or ''}"
+        except ConfigError as err:
+            what = f"invalid: {str(err).splitlines()[0]}"
+        print(f"{name:<14} {what}  [{path or 'built-in'}]")
+
+
+def _show(config: ClusterConfig) -> None:
+    import yaml
+
     print(f"# {config.name} ({config.source or 'built-in'}): valid")
     shown = {k: v for k, v in config.options.items() if v is not None}
     print(yaml.safe_dump(shown, sort_keys=False, default_flow_style=None).rstrip())
-    return 0
 
 
-def _job_script(config: Any) -> int:
+def _job_script(config: ClusterConfig) -> int:
     from mlaas_dask.errors import ConfigError
 
-    if not hasattr(config.module, "build"):
+    script = config.backend.job_script(config)
+    if script is None:
         raise ConfigError(f"Cluster {config.name!r} is of type {config.type}: no batch jobs, "
                           "so no job script. Try --start.")
-    cluster = config.module.build(config)
-    try:
-        print(cluster.job_script())
-    finally:
-        cluster.close()
+    print(script)
     return 0
 
 
-def _start(config: Any) -> int:
+def _start(config: ClusterConfig) -> int:
     from mlaas_dask.cluster import describe, start, stop
 
     client = start(config)

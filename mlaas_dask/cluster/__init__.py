@@ -11,17 +11,23 @@ notebooks) take:
 - a :class:`ClusterConfig` or a mapping with the keys of a cluster file;
 - a connected :class:`distributed.Client` (used as it is, left open).
 
-Batch systems go through dask-jobqueue (SLURM, HTCondor, PBS), with a fixed number of jobs
-or adaptive scaling; see :mod:`mlaas_dask.cluster.config` for the file format and
+Each kind of cluster is a backend (:class:`ClusterBackend`: schema, example, status
+command, checks, ``NAME:N``, start), one module each -- :mod:`~mlaas_dask.cluster.local`,
+:mod:`~mlaas_dask.cluster.address`, and through dask-jobqueue
+:mod:`~mlaas_dask.cluster.slurm`, :mod:`~mlaas_dask.cluster.htcondor`,
+:mod:`~mlaas_dask.cluster.pbs` -- registered below, in one place; more can be added with
+:func:`register_backend`. See :mod:`mlaas_dask.cluster.config` for the file format and
 :mod:`mlaas_dask.cluster.placement` for heterogeneous (CPU + GPU) placement.
 
 Example (a notebook)::
 
-    from mlaas_dask.cluster import start, stop
+    from mlaas_dask.cluster import ClusterConfig, start, stop
     client = start("local:2")
     client.dashboard_link
     ...
     stop(client)
+    # checked and defaulted like clusters/slurm.yaml would be
+    client = start(ClusterConfig("slurm", options={"cores": 4, "memory": "16GB", "jobs": 2}))
 """
 
 from __future__ import annotations
@@ -32,37 +38,53 @@ import weakref
 from collections.abc import Iterator
 from typing import Any
 
-from mlaas_dask.cluster.config import (
+from mlaas_dask.cluster.address import AddressBackend
+from mlaas_dask.cluster.backend import (
+    ClusterBackend,
     ClusterConfig,
+    backend_names,
+    backends,
+    get_backend,
+    register_backend,
+    unregister_backend,
+)
+from mlaas_dask.cluster.config import (
     available_clusters,
     cluster_from_text,
     example,
     load_cluster,
     load_cluster_file,
 )
+from mlaas_dask.cluster.htcondor import HTCondorBackend
+from mlaas_dask.cluster.local import LocalBackend, cores
+from mlaas_dask.cluster.pbs import PBSBackend
 from mlaas_dask.cluster.placement import Placement
+from mlaas_dask.cluster.slurm import SlurmBackend
 from mlaas_dask.errors import ConfigError, MlaasError
 
 __all__ = [
-    "ClusterConfig", "Placement", "available_clusters", "cluster_from_text", "config_of",
-    "connect", "describe", "example", "load_cluster", "load_cluster_file",
-    "local_cluster_options", "start", "stop",
+    "ClusterBackend", "ClusterConfig", "Placement", "available_clusters", "backend_names",
+    "backends", "cluster_from_text", "config_of", "connect", "describe", "example",
+    "get_backend", "load_cluster", "load_cluster_file", "local_cluster_options",
+    "register_backend", "start", "stop", "unregister_backend",
 ]
+
+# The built-in kinds of cluster, in the order messages list them: the one place where
+# backends are registered (others add theirs with register_backend).
+for _backend in (LocalBackend(), AddressBackend(), SlurmBackend(), HTCondorBackend(),
+                 PBSBackend()):
+    register_backend(_backend)
+del _backend
 
 #: client -> (its ClusterConfig, the cluster object mlaas started for it or None)
 _STARTED: weakref.WeakKeyDictionary[Any, tuple[ClusterConfig, Any]] = \
     weakref.WeakKeyDictionary()
-
-DEFAULT_TIMEOUT = {"local": 60, "address": 60}
-BATCH_TIMEOUT = 300
 
 
 def local_cluster_options(n_workers: int | None = None,
                           threads_per_worker: int = 1) -> dict[str, Any]:
     """Keyword arguments of the embedded LocalCluster: one single-threaded worker process
     per core (uproot decompression and XGBoost both scale with processes)."""
-    from mlaas_dask.cluster.local import cores
-
     n = n_workers or max(1, cores() // threads_per_worker)
     return {
         "n_workers": n,
@@ -78,25 +100,35 @@ def start(cluster: Any = "local", **options: Any) -> Any:
 
     Waits for the workers the cluster file asks for (``wait``). Close it with
     :func:`stop`, which also ends the cluster (and its batch jobs) when this started it.
-    ``options`` are extra LocalCluster keyword arguments (local clusters only).
+
+    Parameters
+    ----------
+    cluster
+        What :func:`connect` takes.
+    options
+        Extra LocalCluster keyword arguments (local clusters only).
+
+    Returns
+    -------
+    distributed.Client
+        Connected, its workers joined.
     """
     from distributed import Client
 
     if isinstance(cluster, Client):
         return cluster
     config = load_cluster(cluster)
-    if options and config.type != "local":
+    backend = config.backend
+    if options and not backend.takes_options:
         raise ConfigError(f"Extra options {sorted(options)} apply to local clusters only.")
     owned = None
     client = None
     try:
-        if config.type == "address":
-            from mlaas_dask.cluster import address
-
-            client = address.connect(config)
+        started = backend.start(config, **options)
+        if isinstance(started, Client):
+            client = started
         else:
-            owned = config.module.create(config, **options) if config.type == "local" \
-                else config.module.create(config)
+            owned = started
             client = Client(owned)
         _wait(client, config, owned)
     except BaseException:
@@ -152,11 +184,11 @@ def config_of(client: Any) -> ClusterConfig | None:
 
 
 def _wait(client: Any, config: ClusterConfig, owned: Any) -> None:
-    wait = config.options.get("wait") or {}
-    wanted = wait.get("workers")
+    wait = config.block("wait")
+    wanted = wait["workers"]
     if wanted is None:
-        wanted = config.module.wanted_workers(config)
-    timeout = wait.get("timeout") or DEFAULT_TIMEOUT.get(config.type, BATCH_TIMEOUT)
+        wanted = config.backend.wanted_workers(config)
+    timeout = wait["timeout"]
     if not wanted:
         return
     try:
@@ -165,23 +197,7 @@ def _wait(client: Any, config: ClusterConfig, owned: Any) -> None:
         arrived = len(client.scheduler_info().get("workers", {}))
         raise MlaasError(f"Only {arrived} of {wanted} Dask workers of cluster "
                          f"{config.name!r} joined within {timeout:g} s. "
-                         + _hint(config, owned)) from err
-
-
-def _hint(config: ClusterConfig, owned: Any) -> str:
-    if config.type == "address":
-        return ("Start workers with 'dask worker ADDRESS', or lower wait.workers in the "
-                "cluster file.")
-    if config.type == "local":
-        return "The machine may be short of memory; try fewer workers."
-    jobs = [str(getattr(job, "job_id", None)) for job in getattr(owned, "workers", {}).values()]
-    status = {"slurm": "squeue --me", "htcondor": "condor_q", "pbs": "qstat -u $USER"}
-    logs = config.options.get("log_directory")
-    return (f"Submitted jobs: {', '.join(jobs) or 'none'}. They may still be queued or have "
-            f"failed: check '{status[config.type]}'"
-            + (f" and the logs in {logs}" if logs else " (set log_directory to keep their "
-               "output)")
-            + "; raise wait.timeout for busy queues.")
+                         + config.backend.hint(config, owned)) from err
 
 
 def describe(client: Any) -> dict[str, Any]:

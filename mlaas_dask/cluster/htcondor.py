@@ -16,38 +16,46 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from mlaas_dask.cluster import jobqueue
-from mlaas_dask.cluster.config import ClusterConfig, byte_size, positive
-from mlaas_dask.config import Field, Validator
+from mlaas_dask.cluster.backend import ClusterConfig
+from mlaas_dask.cluster.fields import Field, byte_size, positive
+from mlaas_dask.cluster.jobqueue import BASE_SCHEMA, JobQueueBackend
 from mlaas_dask.errors import ConfigError
 
-SUBMIT_COMMAND = "condor_submit"
 _STRINGS = Field((str,), "an argument")
 
-SCHEMA = {
-    **jobqueue.BASE_SCHEMA,
-    "disk": Field((str,), "scratch disk per job, e.g. '10GB'", required=True,
-                  check=byte_size),
-    "job_extra_directives": Field((dict,), "extra submit-description lines, e.g. "
-                                  "{'+JobFlavour': '\"workday\"'}", default={},
-                                  values=Field((str, int, float, bool), "a value")),
-    "submit_command_extra": Field((list,), "extra condor_submit arguments, e.g. "
-                                  "['-name', 'schedd.example.org']", default=[],
-                                  items=_STRINGS),
-    "cancel_command_extra": Field((list,), "extra condor_rm arguments", default=[],
-                                  items=_STRINGS),
-    "x509_proxy": Field((str,), "grid proxy to send with the jobs: a path, or auto"),
-    "token": Field((str,), "WLCG bearer token file to send with the jobs: a path, or auto"),
-    "container_image": Field((str,), "Apptainer/Singularity image the jobs run in"),
-    "requirements": Field((str,), "a ClassAd expression the execute nodes must satisfy, "
-                          "e.g. 'OpSysAndVer == \"AlmaLinux9\"'"),
-    "max_runtime": Field((int,), "seconds a job may run (MY.MaxRuntime)", check=positive),
-    "accounting_group": Field((str,), "the accounting group, e.g. group_u_CMS.u_zh"),
-}
 
-EXAMPLE = """
+class HTCondorBackend(JobQueueBackend):
+    """``type: htcondor``: ``NAME:N`` is N jobs; jobs are listed by ``condor_q``."""
+
+    name = "htcondor"
+    status_command = "condor_q"
+    submit_command = "condor_submit"
+    cluster_class = "HTCondorCluster"
+    schema: ClassVar[dict[str, Field]] = {
+        **BASE_SCHEMA,
+        "disk": Field((str,), "scratch disk per job, e.g. '10GB'", required=True,
+                      check=byte_size),
+        "job_extra_directives": Field((dict,), "extra submit-description lines, e.g. "
+                                      "{'+JobFlavour': '\"workday\"'}", default={},
+                                      values=Field((str, int, float, bool), "a value")),
+        "submit_command_extra": Field((list,), "extra condor_submit arguments, e.g. "
+                                      "['-name', 'schedd.example.org']", default=[],
+                                      items=_STRINGS),
+        "cancel_command_extra": Field((list,), "extra condor_rm arguments", default=[],
+                                      items=_STRINGS),
+        "x509_proxy": Field((str,), "grid proxy to send with the jobs: a path, or auto"),
+        "token": Field((str,), "WLCG bearer token file to send with the jobs: a path, or "
+                       "auto"),
+        "container_image": Field((str,), "Apptainer/Singularity image the jobs run in"),
+        "requirements": Field((str,), "a ClassAd expression the execute nodes must "
+                              "satisfy, e.g. 'OpSysAndVer == \"AlmaLinux9\"'"),
+        "max_runtime": Field((int,), "seconds a job may run (MY.MaxRuntime)",
+                             check=positive),
+        "accounting_group": Field((str,), "the accounting group, e.g. group_u_CMS.u_zh"),
+    }
+    example = """
 type: htcondor
 cores: 4
 memory: 8GB
@@ -61,12 +69,47 @@ job_extra_directives: {"+JobFlavour": '"workday"'}
 scheduler: {port: 8786}             # the execute nodes must reach it
 """
 
-with_size = jobqueue.with_size
-wanted_workers = jobqueue.wanted_workers
-
-
-def check(config: ClusterConfig, validator: Validator) -> None:
-    jobqueue.check_common(config, validator)
+    def job_kwargs(self, config: ClusterConfig) -> dict[str, Any]:
+        """HTCondorCluster keyword arguments (the WLCG keys become submit-description
+        lines)."""
+        options = config.options
+        kwargs = super().job_kwargs(config)
+        directives: dict[str, Any] = {}
+        prologue = list(kwargs["job_script_prologue"])
+        transfer: list[str] = []
+        if options["x509_proxy"]:
+            proxy = find_proxy(options["x509_proxy"])
+            directives["use_x509userproxy"] = "true"
+            directives["x509userproxy"] = str(proxy)
+        if options["token"]:
+            token = find_token(options["token"])
+            transfer.append(str(token))
+            prologue.insert(0, f"export BEARER_TOKEN_FILE=$_CONDOR_SCRATCH_DIR/{token.name}")
+        if options["container_image"]:
+            directives["MY.SingularityImage"] = _quoted(options["container_image"])
+        if options["requirements"]:
+            directives["requirements"] = options["requirements"]
+        if options["max_runtime"]:
+            directives["MY.MaxRuntime"] = options["max_runtime"]
+        if options["accounting_group"]:
+            directives["accounting_group"] = options["accounting_group"]
+        if options["gpus"]:
+            directives["request_GPUs"] = options["gpus"]
+        user = dict(options["job_extra_directives"])
+        if transfer:
+            given = str(user.pop("transfer_input_files", "")).strip()
+            directives["should_transfer_files"] = "YES"
+            directives["transfer_input_files"] = ", ".join([*transfer, *([given] if given
+                                                                         else [])])
+        directives.update(user)
+        kwargs.update(
+            disk=options["disk"],
+            job_extra_directives=directives,
+            job_script_prologue=prologue,
+            submit_command_extra=list(options["submit_command_extra"]),
+            cancel_command_extra=list(options["cancel_command_extra"]),
+        )
+        return kwargs
 
 
 def _quoted(value: str) -> str:
@@ -105,53 +148,3 @@ def find_token(value: str) -> Path:
     listing = ", ".join(str(p) for p in candidates)
     raise ConfigError(f"No WLCG bearer token file found (looked at {listing}). Get one "
                       "with 'htgettoken' or 'oidc-token', or point token to it.")
-
-
-def job_kwargs(config: ClusterConfig) -> dict[str, Any]:
-    """HTCondorCluster keyword arguments (the WLCG keys become submit-description lines)."""
-    options = config.options
-    kwargs = jobqueue.base_kwargs(config)
-    directives: dict[str, Any] = {}
-    prologue = list(kwargs["job_script_prologue"])
-    transfer: list[str] = []
-    if options["x509_proxy"]:
-        proxy = find_proxy(options["x509_proxy"])
-        directives["use_x509userproxy"] = "true"
-        directives["x509userproxy"] = str(proxy)
-    if options["token"]:
-        token = find_token(options["token"])
-        transfer.append(str(token))
-        prologue.insert(0, f"export BEARER_TOKEN_FILE=$_CONDOR_SCRATCH_DIR/{token.name}")
-    if options["container_image"]:
-        directives["MY.SingularityImage"] = _quoted(options["container_image"])
-    if options["requirements"]:
-        directives["requirements"] = options["requirements"]
-    if options["max_runtime"]:
-        directives["MY.MaxRuntime"] = options["max_runtime"]
-    if options["accounting_group"]:
-        directives["accounting_group"] = options["accounting_group"]
-    if options["gpus"]:
-        directives["request_GPUs"] = options["gpus"]
-    user = dict(options["job_extra_directives"])
-    if transfer:
-        given = str(user.pop("transfer_input_files", "")).strip()
-        directives["should_transfer_files"] = "YES"
-        directives["transfer_input_files"] = ", ".join([*transfer, *([given] if given
-                                                                     else [])])
-    directives.update(user)
-    kwargs.update(
-        disk=options["disk"],
-        job_extra_directives=directives,
-        job_script_prologue=prologue,
-        submit_command_extra=list(options["submit_command_extra"]),
-        cancel_command_extra=list(options["cancel_command_extra"]),
-    )
-    return kwargs
-
-
-def create(config: ClusterConfig) -> Any:
-    return jobqueue.start(config, "HTCondorCluster", job_kwargs(config), SUBMIT_COMMAND)
-
-
-def build(config: ClusterConfig) -> Any:
-    return jobqueue.build(config, "HTCondorCluster", job_kwargs(config))

@@ -9,27 +9,30 @@ job, tagged ``GPU``), ``resources`` (any other worker tags) and ``scheduler``.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import sys
-from typing import Any
+from typing import Any, ClassVar
 
-from mlaas_dask.cluster.config import (
+from mlaas_dask.cluster.backend import ClusterBackend, ClusterConfig, common_schema
+from mlaas_dask.cluster.fields import (
     ADAPT_FIELD,
-    SCHEDULER_FIELD,
-    ClusterConfig,
+    Field,
+    Validator,
     byte_size,
     non_negative,
     positive,
+    scheduler_field,
     tags,
     walltime,
 )
 from mlaas_dask.cluster.placement import GPU
-from mlaas_dask.config import Field, Validator
 from mlaas_dask.errors import ConfigError
 
 _STRINGS = Field((str,), "a line")
 
 BASE_SCHEMA = {
+    **common_schema(wait_timeout=300),
     "cores": Field((int,), "cores per job (threads of its workers together)", required=True,
                    check=positive),
     "memory": Field((str,), "memory per job, e.g. '16GB'", required=True, check=byte_size),
@@ -55,7 +58,10 @@ BASE_SCHEMA = {
                            default=60, check=positive),
     "worker_extra_args": Field((list,), "extra 'dask worker' arguments", default=[],
                                items=_STRINGS),
-    "scheduler": SCHEDULER_FIELD,
+    "scheduler": scheduler_field(None, "address the scheduler listens on (default: "
+                                 "chosen by dask-jobqueue)",
+                                 "default: HOST:0 when host is given, else dask-jobqueue's "
+                                 "':8787'"),
 }
 
 QUEUE_SCHEMA = {
@@ -68,43 +74,113 @@ QUEUE_SCHEMA = {
 }
 
 
-def check_common(config: ClusterConfig, validator: Validator) -> None:
-    """Impossible combinations shared by every batch system."""
-    options = config.options
-    adapt = options["adapt"]
-    if adapt and options["jobs"]:
-        raise validator.error(("jobs",), "give either 'jobs' (a fixed number) or 'adapt: "
-                              "{minimum, maximum}' (adaptive scaling), not both.")
-    if adapt and adapt["minimum"] > adapt["maximum"]:
-        raise validator.error(("adapt",), f"adapt.minimum ({adapt['minimum']}) is above "
-                              f"adapt.maximum ({adapt['maximum']}).")
-    if options["cores"] % options["processes"]:
-        raise validator.error(("processes",), f"{options['cores']} cores cannot be shared "
-                              f"evenly among {options['processes']} worker processes.")
-    if options["gpus"] > 1:
-        raise validator.error(("gpus",), "a Dask worker uses one GPU: ask for gpus: 1 per "
-                              "job and more jobs instead.")
-    if options["gpus"] and options["processes"] > 1:
-        raise validator.error(("processes",), "with gpus: 1 each job runs one worker "
-                              "process (the GPU's owner): set processes: 1.")
-    has_gpu = options["gpus"] or GPU in options["resources"]
-    for stage in ("read", "train"):
-        if getattr(config.placement, stage) == "gpu" and not has_gpu:
-            raise validator.error(("placement", stage), f"placement.{stage} is 'gpu' but "
-                                  "these jobs have no GPU: set gpus: 1.")
-    wait = options["wait"] or {}
-    most = (adapt["maximum"] if adapt else options["jobs"] or 1) * options["processes"]
-    if wait.get("workers") and wait["workers"] > most:
-        raise validator.error(("wait", "workers"), f"waiting for {wait['workers']} workers "
-                              f"can never end: at most {most} can start.")
+class JobQueueBackend(ClusterBackend):
+    """What the dask-jobqueue backends share: jobs or adaptive scaling, the checks, the
+    keyword arguments, submitting. A subclass names its dask-jobqueue class and submit
+    command and adds its own keyword arguments in :meth:`job_kwargs`."""
 
+    #: the dask-jobqueue class, e.g. "SLURMCluster"
+    cluster_class: ClassVar[str]
+    #: the program that submits jobs, e.g. "sbatch" (checked to be on PATH)
+    submit_command: ClassVar[str]
 
-def with_size(config: ClusterConfig, count: int) -> ClusterConfig:
-    options = {**config.options, "jobs": count, "adapt": None}
-    return ClusterConfig(config.type, f"{config.name}:{count}", options, config.source)
+    def check(self, config: ClusterConfig, validator: Validator) -> None:
+        """Impossible combinations shared by every batch system."""
+        options = config.options
+        adapt = options["adapt"]
+        if adapt and options["jobs"]:
+            raise validator.error(("jobs",), "give either 'jobs' (a fixed number) or 'adapt: "
+                                  "{minimum, maximum}' (adaptive scaling), not both.")
+        if adapt and adapt["minimum"] > adapt["maximum"]:
+            raise validator.error(("adapt",), f"adapt.minimum ({adapt['minimum']}) is above "
+                                  f"adapt.maximum ({adapt['maximum']}).")
+        if options["cores"] % options["processes"]:
+            raise validator.error(("processes",), f"{options['cores']} cores cannot be "
+                                  f"shared evenly among {options['processes']} worker "
+                                  "processes.")
+        if options["gpus"] > 1:
+            raise validator.error(("gpus",), "a Dask worker uses one GPU: ask for gpus: 1 "
+                                  "per job and more jobs instead.")
+        if options["gpus"] and options["processes"] > 1:
+            raise validator.error(("processes",), "with gpus: 1 each job runs one worker "
+                                  "process (the GPU's owner): set processes: 1.")
+        has_gpu = options["gpus"] or GPU in options["resources"]
+        for stage in ("read", "train"):
+            if getattr(config.placement, stage) == "gpu" and not has_gpu:
+                raise validator.error(("placement", stage), f"placement.{stage} is 'gpu' "
+                                      "but these jobs have no GPU: set gpus: 1.")
+        wait = options["wait"] or {}
+        most = (adapt["maximum"] if adapt else options["jobs"] or 1) * options["processes"]
+        if wait.get("workers") and wait["workers"] > most:
+            raise validator.error(("wait", "workers"), f"waiting for {wait['workers']} "
+                                  f"workers can never end: at most {most} can start.")
+
+    def size(self, config: ClusterConfig, count: int) -> ClusterConfig:
+        """``NAME:N``: N jobs, no adaptive scaling."""
+        return dataclasses.replace(config, name=f"{config.name}:{count}",
+                                   options={**config.options, "jobs": count, "adapt": None})
+
+    def wanted_workers(self, config: ClusterConfig) -> int:
+        """The workers of the jobs submitted at the start (adapt.minimum or jobs)."""
+        return jobs_wanted(config) * int(config.options["processes"])
+
+    def job_kwargs(self, config: ClusterConfig) -> dict[str, Any]:
+        """The dask-jobqueue keyword arguments (subclasses add their own)."""
+        return base_kwargs(config)
+
+    def build(self, config: ClusterConfig) -> Any:
+        """The dask-jobqueue cluster object (its scheduler started, no job submitted)."""
+        try:
+            import dask_jobqueue
+        except ImportError:
+            raise ConfigError(
+                f"{config.type} clusters need dask-jobqueue: pip install "
+                "'mlaas_dask[jobqueue]'."
+            ) from None
+        kwargs = self.job_kwargs(config)
+        try:
+            return getattr(dask_jobqueue, self.cluster_class)(**kwargs)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"Cluster {config.name!r}: dask-jobqueue refused the "
+                              f"settings: {err}") from None
+
+    def start(self, config: ClusterConfig, **options: Any) -> Any:
+        """Build the cluster, then submit jobs (a fixed number, or adaptively)."""
+        if shutil.which(self.submit_command) is None:
+            raise ConfigError(
+                f"'{self.submit_command}' is not on PATH: this machine cannot submit "
+                f"{config.type} jobs. Run mlaas on a login node of the batch system, or "
+                "choose another --cluster."
+            )
+        cluster = self.build(config)
+        adapt = config.options["adapt"]
+        if adapt:
+            cluster.adapt(minimum_jobs=adapt["minimum"], maximum_jobs=adapt["maximum"])
+        else:
+            cluster.scale(jobs=jobs_wanted(config))
+        return cluster
+
+    def job_script(self, config: ClusterConfig) -> str:
+        """The script each job runs (nothing is submitted)."""
+        cluster = self.build(config)
+        try:
+            return str(cluster.job_script())
+        finally:
+            cluster.close()
+
+    def hint(self, config: ClusterConfig, cluster: Any) -> str:
+        jobs = [str(getattr(job, "job_id", None))
+                for job in getattr(cluster, "workers", {}).values()]
+        logs = config.options.get("log_directory")
+        return (f"Submitted jobs: {', '.join(jobs) or 'none'}. They may still be queued or "
+                f"have failed: check '{self.status_command}'"
+                + (f" and the logs in {logs}" if logs else " (set log_directory to keep "
+                   "their output)")
+                + "; raise wait.timeout for busy queues.")
 
 
 def worker_resources(options: dict[str, Any]) -> dict[str, float]:
+    """The workers' resource tags: ``resources``, plus GPU with ``gpus: 1``."""
     found = dict(options["resources"])
     if options["gpus"]:
         found[GPU] = 1
@@ -141,44 +217,8 @@ def base_kwargs(config: ClusterConfig) -> dict[str, Any]:
 
 
 def jobs_wanted(config: ClusterConfig) -> int:
+    """The jobs submitted at the start: adapt.minimum, else ``jobs`` (default 1)."""
     options = config.options
     if options["adapt"]:
         return int(options["adapt"]["minimum"])
     return int(options["jobs"] or 1)
-
-
-def wanted_workers(config: ClusterConfig) -> int:
-    return jobs_wanted(config) * int(config.options["processes"])
-
-
-def build(config: ClusterConfig, class_name: str, kwargs: dict[str, Any]) -> Any:
-    """The dask-jobqueue cluster object (its scheduler started, no job submitted yet)."""
-    try:
-        import dask_jobqueue
-    except ImportError:
-        raise ConfigError(
-            f"{config.type} clusters need dask-jobqueue: pip install 'mlaas_dask[jobqueue]'."
-        ) from None
-    try:
-        return getattr(dask_jobqueue, class_name)(**kwargs)
-    except (ValueError, TypeError) as err:
-        raise ConfigError(f"Cluster {config.name!r}: dask-jobqueue refused the settings: "
-                          f"{err}") from None
-
-
-def start(config: ClusterConfig, class_name: str, kwargs: dict[str, Any],
-          submit_command: str) -> Any:
-    """Build the cluster, then submit jobs (a fixed number, or adaptively)."""
-    if shutil.which(submit_command) is None:
-        raise ConfigError(
-            f"'{submit_command}' is not on PATH: this machine cannot submit {config.type} "
-            f"jobs. Run mlaas on a login node of the batch system, or choose another "
-            "--cluster."
-        )
-    cluster = build(config, class_name, kwargs)
-    adapt = config.options["adapt"]
-    if adapt:
-        cluster.adapt(minimum_jobs=adapt["minimum"], maximum_jobs=adapt["maximum"])
-    else:
-        cluster.scale(jobs=jobs_wanted(config))
-    return cluster

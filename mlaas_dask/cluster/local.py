@@ -10,52 +10,28 @@ LocalCUDACluster, next to CPU workers that do the reading.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
 import shutil
 import subprocess
-from typing import Any
+from typing import Any, ClassVar
 
-from mlaas_dask.cluster.config import (
+from mlaas_dask.cluster.backend import ClusterBackend, ClusterConfig, common_schema
+from mlaas_dask.cluster.fields import (
     ADAPT_FIELD,
-    SCHEDULER_FIELD,
-    ClusterConfig,
+    Field,
+    Validator,
     byte_size,
     non_negative_or_auto,
     positive,
     positive_or_auto,
+    scheduler_field,
     tags,
 )
 from mlaas_dask.cluster.placement import GPU
-from mlaas_dask.config import Field, Validator
 from mlaas_dask.errors import ConfigError
-
-SCHEMA = {
-    "workers": Field((int, str), "CPU worker processes; auto: one per core (less the GPU "
-                     "workers)", default="auto", check=positive_or_auto),
-    "threads_per_worker": Field((int,), "threads per worker process", default=1,
-                                check=positive),
-    "memory_limit": Field((str,), "memory per worker, e.g. '4GiB'; auto shares the "
-                          "machine's memory", default="auto", check=byte_size),
-    "gpu_workers": Field((int, str), "extra workers, one per GPU, tagged GPU=1: a number, "
-                         "or auto (one per visible GPU)", default=0,
-                         check=non_negative_or_auto),
-    "resources": tags("resource tags of the CPU workers, e.g. {IO: 1}"),
-    "trim_memory": Field((bool,), "return freed memory to the system at once (Dask's "
-                         "MALLOC_TRIM_THRESHOLD_), at a cost in speed", default=False),
-    "adapt": ADAPT_FIELD,
-    "scheduler": SCHEDULER_FIELD,
-}
-
-EXAMPLE = """
-type: local
-workers: 2                  # CPU worker processes, or auto (one per core)
-threads_per_worker: 1
-memory_limit: auto          # or e.g. 4GiB per worker
-gpu_workers: 0              # or auto: one worker per GPU, tagged GPU=1
-scheduler: {host: 127.0.0.1, dashboard_address: "127.0.0.1:0"}
-"""
 
 
 def cores() -> int:
@@ -79,8 +55,8 @@ def visible_gpus() -> list[str]:
                              check=False).stdout
     except (OSError, subprocess.SubprocessError):
         return []
-    return [str(i) for i, line in enumerate(l for l in out.splitlines()
-                                            if l.startswith("GPU "))]
+    listed = [line for line in out.splitlines() if line.startswith("GPU ")]
+    return [str(i) for i in range(len(listed))]
 
 
 def gpu_ids(config: ClusterConfig) -> list[str]:
@@ -101,39 +77,91 @@ def gpu_ids(config: ClusterConfig) -> list[str]:
     return [found[i] if i < len(found) else str(i) for i in range(wanted)]
 
 
-def check(config: ClusterConfig, validator: Validator) -> None:
-    """Impossible combinations."""
-    options = config.options
-    adapt = options["adapt"]
-    if adapt and adapt["minimum"] > adapt["maximum"]:
-        raise validator.error(("adapt",), f"adapt.minimum ({adapt['minimum']}) is above "
-                              f"adapt.maximum ({adapt['maximum']}).")
-    if adapt and options["gpu_workers"] not in (0, None):
-        raise validator.error(
-            ("adapt",), "adaptive scaling adds and removes CPU workers only; with "
-            "gpu_workers it could retire the GPU workers. Remove 'adapt' or set "
-            "gpu_workers: 0.")
-    if adapt and options["workers"] != "auto":
-        raise validator.error(("workers",), "give either a fixed number of workers or "
-                              "'adapt: {minimum, maximum}', not both.")
-    if GPU in options["resources"]:
-        raise validator.error(("resources", GPU), "the GPU tag belongs to GPU workers; use "
-                              "gpu_workers: N (or auto) to start them.")
-    placement = config.placement
-    for stage in ("read", "train"):
-        if getattr(placement, stage) == "gpu" and options["gpu_workers"] == 0:
-            raise validator.error(("placement", stage), f"placement.{stage} is 'gpu' but "
-                                  "this cluster has no GPU workers (gpu_workers: 0).")
-    wait = options["wait"] or {}
-    if wait.get("workers") and adapt and wait["workers"] > adapt["maximum"]:
-        raise validator.error(("wait", "workers"), f"waiting for {wait['workers']} workers "
-                              f"can never end: adapt.maximum is {adapt['maximum']}.")
+class LocalBackend(ClusterBackend):
+    """``type: local``: worker processes on this machine (``local``, ``local-gpu``)."""
 
+    name = "local"
+    status_command = None
+    takes_options = True
+    schema: ClassVar[dict[str, Field]] = {
+        **common_schema(wait_timeout=60),
+        "workers": Field((int, str), "CPU worker processes; auto: one per core (less the "
+                         "GPU workers)", default="auto", check=positive_or_auto),
+        "threads_per_worker": Field((int,), "threads per worker process", default=1,
+                                    check=positive),
+        "memory_limit": Field((str,), "memory per worker, e.g. '4GiB'; auto shares the "
+                              "machine's memory", default="auto", check=byte_size),
+        "gpu_workers": Field((int, str), "extra workers, one per GPU, tagged GPU=1: a "
+                             "number, or auto (one per visible GPU)", default=0,
+                             check=non_negative_or_auto),
+        "resources": tags("resource tags of the CPU workers, e.g. {IO: 1}"),
+        "trim_memory": Field((bool,), "return freed memory to the system at once (Dask's "
+                             "MALLOC_TRIM_THRESHOLD_), at a cost in speed", default=False),
+        "adapt": ADAPT_FIELD,
+        "scheduler": scheduler_field("127.0.0.1", "address the scheduler listens on "
+                                     "(127.0.0.1: this machine only)", "default: HOST:0"),
+    }
+    example = """
+type: local
+workers: 2                  # CPU worker processes, or auto (one per core)
+threads_per_worker: 1
+memory_limit: auto          # or e.g. 4GiB per worker
+gpu_workers: 0              # or auto: one worker per GPU, tagged GPU=1
+scheduler: {host: 127.0.0.1, dashboard_address: "127.0.0.1:0"}
+"""
 
-def with_size(config: ClusterConfig, count: int) -> ClusterConfig:
-    options = {**config.options, "workers": count, "adapt": None}
-    name = f"{config.name}:{count}"
-    return ClusterConfig(config.type, name, options, config.source)
+    def check(self, config: ClusterConfig, validator: Validator) -> None:
+        """Impossible combinations: adaptive scaling with GPU workers or a fixed number
+        of workers, a hand-made GPU tag, a GPU placement without GPU workers, waiting for
+        more workers than adapt.maximum."""
+        options = config.options
+        adapt = options["adapt"]
+        if adapt and adapt["minimum"] > adapt["maximum"]:
+            raise validator.error(("adapt",), f"adapt.minimum ({adapt['minimum']}) is above "
+                                  f"adapt.maximum ({adapt['maximum']}).")
+        if adapt and options["gpu_workers"] not in (0, None):
+            raise validator.error(
+                ("adapt",), "adaptive scaling adds and removes CPU workers only; with "
+                "gpu_workers it could retire the GPU workers. Remove 'adapt' or set "
+                "gpu_workers: 0.")
+        if adapt and options["workers"] != "auto":
+            raise validator.error(("workers",), "give either a fixed number of workers or "
+                                  "'adapt: {minimum, maximum}', not both.")
+        if GPU in options["resources"]:
+            raise validator.error(("resources", GPU), "the GPU tag belongs to GPU workers; "
+                                  "use gpu_workers: N (or auto) to start them.")
+        placement = config.placement
+        for stage in ("read", "train"):
+            if getattr(placement, stage) == "gpu" and options["gpu_workers"] == 0:
+                raise validator.error(("placement", stage), f"placement.{stage} is 'gpu' "
+                                      "but this cluster has no GPU workers (gpu_workers: 0).")
+        wait = options["wait"] or {}
+        if wait.get("workers") and adapt and wait["workers"] > adapt["maximum"]:
+            raise validator.error(("wait", "workers"), f"waiting for {wait['workers']} "
+                                  f"workers can never end: adapt.maximum is "
+                                  f"{adapt['maximum']}.")
+
+    def size(self, config: ClusterConfig, count: int) -> ClusterConfig:
+        """``local:N``: N CPU worker processes, no adaptive scaling."""
+        return dataclasses.replace(config, name=f"{config.name}:{count}",
+                                   options={**config.options, "workers": count,
+                                            "adapt": None})
+
+    def start(self, config: ClusterConfig, **options: Any) -> Any:
+        """A started LocalCluster, or a SpecCluster of CPU and GPU workers."""
+        ids = gpu_ids(config) if config.options["gpu_workers"] else []
+        if not ids:
+            return _local_cluster(config, options)
+        return _cpu_and_gpu_cluster(config, ids, options)
+
+    def wanted_workers(self, config: ClusterConfig) -> int:
+        """adapt.minimum; otherwise 0: a LocalCluster starts its workers before it
+        returns."""
+        adapt = config.options["adapt"]
+        return int(adapt["minimum"]) if adapt else 0
+
+    def hint(self, config: ClusterConfig, cluster: Any) -> str:
+        return "The machine may be short of memory; try fewer workers."
 
 
 def _cpu_workers(options: dict[str, Any], n_gpu: int) -> int:
@@ -144,40 +172,49 @@ def _cpu_workers(options: dict[str, Any], n_gpu: int) -> int:
     return max(1, cores() // options["threads_per_worker"] - n_gpu)
 
 
-def create(config: ClusterConfig, **extra: Any) -> Any:
-    """Start the cluster (returns a started LocalCluster or SpecCluster)."""
-    from distributed import LocalCluster, Nanny, Scheduler, SpecCluster
+def _nanny(options: dict[str, Any]) -> type:
+    from distributed import Nanny
+
+    return Nanny if options["trim_memory"] else worker_nanny()
+
+
+def _local_cluster(config: ClusterConfig, extra: dict[str, Any]) -> Any:
+    from distributed import LocalCluster
 
     options = config.options
-    scheduler = options["scheduler"] or {}
-    host = scheduler.get("host") or "127.0.0.1"
-    dashboard = scheduler.get("dashboard_address") or f"{host}:0"
-    ids = gpu_ids(config) if options["gpu_workers"] else []
-    n_cpu = _cpu_workers(options, len(ids))
-    nanny = Nanny if options["trim_memory"] else worker_nanny()
-    if not ids:
-        kwargs = {
-            "n_workers": n_cpu,
-            "threads_per_worker": options["threads_per_worker"],
-            "processes": True,
-            "host": host,
-            "scheduler_port": scheduler.get("port", 0),
-            "dashboard_address": dashboard,
-            "memory_limit": options["memory_limit"],
-            **({"resources": dict(options["resources"])} if options["resources"] else {}),
-            "worker_class": nanny,
-            **extra,
-        }
-        cluster = LocalCluster(**kwargs)
-        if options["adapt"]:
-            cluster.adapt(minimum=options["adapt"]["minimum"],
-                          maximum=options["adapt"]["maximum"])
-        return cluster
+    scheduler = config.block("scheduler")
+    host = scheduler["host"]
+    cluster = LocalCluster(
+        n_workers=_cpu_workers(options, 0),
+        threads_per_worker=options["threads_per_worker"],
+        processes=True,
+        host=host,
+        scheduler_port=scheduler["port"],
+        dashboard_address=scheduler["dashboard_address"] or f"{host}:0",
+        memory_limit=options["memory_limit"],
+        **({"resources": dict(options["resources"])} if options["resources"] else {}),
+        worker_class=_nanny(options),
+        **extra,
+    )
+    if options["adapt"]:
+        cluster.adapt(minimum=options["adapt"]["minimum"],
+                      maximum=options["adapt"]["maximum"])
+    return cluster
+
+
+def _cpu_and_gpu_cluster(config: ClusterConfig, ids: list[str], extra: dict[str, Any]) -> Any:
+    """CPU workers cpu-0, cpu-1... and GPU workers gpu-0, gpu-1..., one per GPU."""
+    from distributed import Scheduler, SpecCluster
+
+    options = config.options
+    scheduler = config.block("scheduler")
+    host = scheduler["host"]
+    nanny = _nanny(options)
     common = {"host": host, "memory_limit": options["memory_limit"],
               "silence_logs": extra.pop("silence_logs", None) or 30}
     cpu = {"cls": nanny, "options": {**common, "nthreads": options["threads_per_worker"],
                                      "resources": dict(options["resources"]) or None}}
-    workers = {f"cpu-{i}": cpu for i in range(n_cpu)}
+    workers = {f"cpu-{i}": cpu for i in range(_cpu_workers(options, len(ids)))}
     for index, gpu in enumerate(ids):
         workers[f"gpu-{index}"] = {"cls": nanny, "options": {
             **common, "nthreads": 1, "resources": {GPU: 1},
@@ -186,9 +223,9 @@ def create(config: ClusterConfig, **extra: Any) -> Any:
         raise ConfigError(f"Options {sorted(extra)} are not supported with GPU workers.")
     return SpecCluster(
         workers=workers,
-        scheduler={"cls": Scheduler, "options": {"host": host,
-                                                 "port": scheduler.get("port", 0),
-                                                 "dashboard_address": dashboard}},
+        scheduler={"cls": Scheduler, "options": {
+            "host": host, "port": scheduler["port"],
+            "dashboard_address": scheduler["dashboard_address"] or f"{host}:0"}},
         worker=cpu,
         name=config.name,
         silence_logs=logging.WARNING,
@@ -224,11 +261,3 @@ def worker_nanny() -> type:
                 del os.environ["MALLOC_TRIM_THRESHOLD_"]
 
     return WorkerNanny
-
-
-def wanted_workers(config: ClusterConfig) -> int:
-    """How many workers to wait for by default."""
-    options = config.options
-    if options["adapt"]:
-        return int(options["adapt"]["minimum"])
-    return 0  # LocalCluster / SpecCluster start their workers before returning
