@@ -8,7 +8,6 @@
 # it writes (slurm.conf, state, spool, pid files, logs) lives in DIR. On success it writes
 # DIR/env (export MLAAS_SLURM_CONF=DIR/slurm.conf) and prints the same line; on failure it
 # writes the reason to DIR/error, which the SLURM test reports, and exits non-zero.
-# Recipe: ../shared/ci-recipes/slurm.md.
 set -uo pipefail
 
 DIR="${1:-${MLAAS_SLURM_DIR:-/tmp/mlaas-slurm}}"

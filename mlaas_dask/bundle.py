@@ -32,16 +32,16 @@ from typing import Any
 import numpy as np
 
 from mlaas_dask.archive import ArchiveLimits, Source, extract_tar_gz
+from mlaas_dask.errors import BundleError, FeatureError, first_line
+from mlaas_dask.features import FeatureSpec, Preprocess
+from mlaas_dask.features.scaling import PREPROCESS_FILE
+from mlaas_dask.features.spec import FEATURES_FILE
 from mlaas_dask.outputs import (
     check_free_space,
     plain_names,
     reporting_full_disk,
     size_on_disk,
 )
-from mlaas_dask.errors import BundleError, FeatureError, first_line
-from mlaas_dask.features import FeatureSpec, Preprocess
-from mlaas_dask.features.scaling import PREPROCESS_FILE
-from mlaas_dask.features.spec import FEATURES_FILE
 
 # The names of a bundle's files, here and only here (FEATURES_FILE and PREPROCESS_FILE
 # come from the features package, which reads those files).
@@ -109,9 +109,9 @@ class ModelBundle:
     def share_code(self, client: Any) -> None:
         """Make the user's model code (if the bundle has any) importable on the workers."""
         if self.kind != "xgboost" and self.user_code is not None:
-            from mlaas_dask.usercode import module_name, share_with_workers
+            from mlaas_dask.usercode import share_with_workers
 
-            share_with_workers(client, self.user_code, module_name(self.user_code))
+            share_with_workers(client, self.user_code)
 
     @property
     def is_binary(self) -> bool:
@@ -230,7 +230,7 @@ def _import_user_code(path: Path, kind: str, trusted_types: Sequence[str],
     refers to, and return its source; only when the caller trusts it: a pickle they allow,
     or a trusted type from that very file (the module name is a hash of its content).
     Otherwise the file is never run, here or on the workers (``None``)."""
-    from mlaas_dask.usercode import import_file, module_name
+    from mlaas_dask.usercode import import_user_file, module_name
 
     source = path / USER_MODEL_FILE
     if kind == "xgboost" or not source.is_file():
@@ -241,7 +241,7 @@ def _import_user_code(path: Path, kind: str, trusted_types: Sequence[str],
             else any(t.startswith(f"{name}.") for t in trusted_types)):
         return None
     try:
-        import_file(source, name)
+        import_user_file(source, code)
     except Exception as err:  # noqa: BLE001 - the user's code may raise anything
         raise BundleError(
             f"Model bundle {path}: its copy of your model file ({USER_MODEL_FILE}) fails to "

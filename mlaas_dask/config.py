@@ -79,6 +79,28 @@ def _convert(node: yaml.Node, path: tuple[str | int, ...], lines: Lines, name: s
     return yaml.SafeLoader(" ").construct_object(node)  # type: ignore[arg-type]
 
 
+#: the types of a number in a schema (an int is read as a float where floats are allowed)
+NUMBER = (int, float)
+
+
+# -- checks (Field.check): a problem as text, or None ---------------------------------
+
+
+def positive(value: Any) -> str | None:
+    """Numbers above 0."""
+    return None if value > 0 else f"must be positive, got {value}."
+
+
+def non_negative(value: Any) -> str | None:
+    """Numbers from 0 up."""
+    return None if value >= 0 else f"must be 0 or more, got {value}."
+
+
+def fraction(value: Any) -> str | None:
+    """Numbers from 0 to 1."""
+    return None if 0 <= value <= 1 else f"must be between 0 and 1, got {value}."
+
+
 @dataclass
 class Field:
     """One key of a schema: its accepted types, whether it is required, a default, a

@@ -142,6 +142,26 @@ class BundleError(MlaasError):
         self.file = file
 
 
+class MissingExtra(MlaasError):
+    """An optional package is not installed (see :func:`mlaas_dask.extras.require`).
+
+    Attributes
+    ----------
+    module
+        The module that could not be imported.
+    extra
+        The pip extra that installs it: ``pip install 'mlaas_dask[extra]'``.
+    """
+
+    attributes = ("module", "extra")
+
+    def __init__(self, message: str, *, module: str | None = None,
+                 extra: str | None = None) -> None:
+        super().__init__(message)
+        self.module = module
+        self.extra = extra
+
+
 def closest(name: str, candidates: Iterable[str], n: int = 5) -> list[str]:
     """Candidates ordered by similarity to ``name``, the closest spellings first.
 

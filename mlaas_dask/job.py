@@ -10,15 +10,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlaas_dask.config import Field, Validator, load_yaml, parse_yaml
+from mlaas_dask.config import (
+    NUMBER,
+    Field,
+    Validator,
+    fraction,
+    load_yaml,
+    non_negative,
+    parse_yaml,
+    positive,
+)
+from mlaas_dask.data.multiplicity import DEFAULT_QUANTILE
 from mlaas_dask.errors import ConfigError, FeatureError
 from mlaas_dask.features import FeatureSpec
-
-_NUMBER = (int, float)
-
-
-def _positive(value: Any) -> str | None:
-    return None if value > 0 else f"must be positive, got {value}."
 
 
 def _expression(value: str) -> str | None:
@@ -29,14 +33,6 @@ def _expression(value: str) -> str | None:
     except FeatureError as err:
         return str(err)
     return None
-
-
-def _fraction(value: Any) -> str | None:
-    return None if 0 <= value <= 1 else f"must be between 0 and 1, got {value}."
-
-
-def _not_negative(value: Any) -> str | None:
-    return None if value >= 0 else f"must be 0 or more, got {value}."
 
 
 def _redirector(value: str) -> str | None:
@@ -72,8 +68,8 @@ GROUP_SCHEMA = {
                        "one a line"),
     "label": Field((int, str), "the class: 0/1 for binary, or a class name (omit it when "
                    "dataset.label_branch gives the label of every event)"),
-    "weight": Field(_NUMBER, "per-event weight of the group, e.g. xsec * lumi / N",
-                    default=1.0, check=_positive),
+    "weight": Field(NUMBER, "per-event weight of the group, e.g. xsec * lumi / N",
+                    default=1.0, check=positive),
 }
 
 DATASET_SCHEMA = {
@@ -83,7 +79,7 @@ DATASET_SCHEMA = {
     "cut": Field((str,), "a selection, e.g. 'nJet >= 2 and MET_pt > 20'",
                  check=_expression),
     "weight_branch": Field((str,), "a per-event weight branch, e.g. genWeight"),
-    "step_size": Field((int,), "events per partition", default=500_000, check=_positive),
+    "step_size": Field((int,), "events per partition", default=500_000, check=positive),
     "label_branch": Field((str,), "a branch holding each event's class index (0, 1, ...), "
                           "instead of one label per group"),
     "classes": Field((list,), "class names for label_branch values 0, 1, ...",
@@ -96,19 +92,19 @@ DATASET_SCHEMA = {
                          items=Field((str,), "a redirector URL, e.g. "
                                      "root://cms-xrd-global.cern.ch/",
                                      check=_redirector)),
-    "timeout": Field(_NUMBER, "seconds one remote request may take", default=60.0,
-                     check=_positive),
+    "timeout": Field(NUMBER, "seconds one remote request may take", default=60.0,
+                     check=positive),
     "retries": Field((int,), "retries of a transient read error at one place",
-                     default=3, check=_not_negative),
-    "backoff": Field(_NUMBER, "first retry delay in seconds (doubles, with jitter)",
-                     default=1.0, check=_not_negative),
+                     default=3, check=non_negative),
+    "backoff": Field(NUMBER, "first retry delay in seconds (doubles, with jitter)",
+                     default=1.0, check=non_negative),
     "on_error": Field((str,), "what a file or partition that cannot be read does",
                       default="fail", choices=("fail", "skip")),
-    "min_fraction": Field(_NUMBER, "with on_error: skip, the least fraction of the "
+    "min_fraction": Field(NUMBER, "with on_error: skip, the least fraction of the "
                           "events in the files that opened that must be read; files that "
                           "do not open count apart: at most (1 - min_fraction) of the "
                           "files, and always one, may fail to open", default=0.9,
-                          check=_fraction),
+                          check=fraction),
     "cache": Field((dict, str), "a local feature cache: a folder, or {dir, max_size}",
                    schema=CACHE_SCHEMA),
 }
@@ -125,8 +121,8 @@ COLLECTION_SCHEMA = {
     "derived": Field((dict,), "per-object fields from expressions", default={},
                      values=Field((str,), "an expression", check=_expression)),
     "prefix": Field((str,), "branch prefix (default '<Collection>_')"),
-    "quantile": Field(_NUMBER, "multiplicity quantile for n: auto", default=0.95,
-                      check=_fraction),
+    "quantile": Field(NUMBER, "multiplicity quantile for n: auto", default=DEFAULT_QUANTILE,
+                      check=fraction),
 }
 
 FEATURES_SCHEMA = {
@@ -145,18 +141,18 @@ MODEL_SCHEMA = {
     "file": Field((str,), "a Python file defining model() or model(n_features) that "
                   "returns an estimator (MLaaS4HEP style)"),
     "epochs": Field((int,), "passes over the partitions for partial_fit models", default=5,
-                    check=_positive),
+                    check=positive),
     "sample_size": Field((int,), "events used to fit models without partial_fit",
-                         default=500_000, check=_positive),
+                         default=500_000, check=positive),
     "scale": Field((bool,), "standard-scale features (fitted on the training split) for "
                    "non-XGBoost models", default=True),
-    "fill_value": Field(_NUMBER, "value replacing NaN (missing objects) for non-XGBoost "
+    "fill_value": Field(NUMBER, "value replacing NaN (missing objects) for non-XGBoost "
                         "models", default=0.0),
     "device": Field((str,), "where XGBoost trains", default="auto",
                     choices=("auto", "cpu", "cuda")),
     "params": Field((dict,), "XGBoost parameters (max_depth, eta, ...)", default={}),
     "num_boost_round": Field((int,), "maximum boosting rounds", default=300,
-                             check=_positive),
+                             check=positive),
     "early_stopping_rounds": Field((int,), "stop after this many rounds without "
                                    "improvement on the validation split", default=20),
     "balance_classes": Field((bool,), "reweight classes to equal total weight",
@@ -164,20 +160,20 @@ MODEL_SCHEMA = {
     "checkpoint_every": Field((int,), "boosting rounds (XGBoost) or training blocks "
                               "(partial_fit) between two checkpoints that training resumes "
                               "from after losing a worker; 0: resume from the start",
-                              default=10, check=_not_negative),
+                              default=10, check=non_negative),
     "max_retries": Field((int,), "lost workers that training resumes after before the job "
-                         "fails", default=2, check=_not_negative),
+                         "fails", default=2, check=non_negative),
     "collective_timeout": Field((int,), "seconds an XGBoost collective operation may wait "
                                 "for another worker before training fails", default=300,
-                                check=_positive),
+                                check=positive),
 }
 
 SPLIT_SCHEMA = {
-    "train": Field(_NUMBER, "fraction of events for training", default=0.7, check=_fraction),
-    "validation": Field(_NUMBER, "fraction for early stopping", default=0.15,
-                        check=_fraction),
-    "test": Field(_NUMBER, "fraction for the reported metrics", default=0.15,
-                  check=_fraction),
+    "train": Field(NUMBER, "fraction of events for training", default=0.7, check=fraction),
+    "validation": Field(NUMBER, "fraction for early stopping", default=0.15,
+                        check=fraction),
+    "test": Field(NUMBER, "fraction for the reported metrics", default=0.15,
+                  check=fraction),
     "seed": Field((int,), "seed of the event hash that assigns splits", default=42),
 }
 
@@ -202,11 +198,11 @@ JOB_SCHEMA = {
 TUNE_SCHEMA = {
     "space": Field((dict,), "parameter -> list of values, or {low, high, log, int}",
                    required=True),
-    "trials": Field((int,), "configurations to try", default=8, check=_positive),
+    "trials": Field((int,), "configurations to try", default=8, check=positive),
     "method": Field((str,), "how configurations are drawn", default="random",
                     choices=("random", "grid")),
     "sample_size": Field((int,), "training events per trial (a bounded sample)",
-                         default=200_000, check=_positive),
+                         default=200_000, check=positive),
     "seed": Field((int,), "seed of the random draws", default=0),
 }
 JOB_SCHEMA["tune"].schema = TUNE_SCHEMA

@@ -1,4 +1,11 @@
-"""Python files of the user's (model files) as modules, here and on Dask workers."""
+"""Python files of the user's (model files) as modules, here and on Dask workers.
+
+This is the one way user code is imported and shared: a file's module is named after its
+content (:func:`module_name`), so the client, every worker and a bundle's copy of the file
+agree on the name that pickled objects of its classes refer to. Import with
+:func:`import_user_file`, share with :func:`share_file` (a file on disk) or
+:func:`share_with_workers` (source kept in memory, e.g. from a bundle archive).
+"""
 
 from __future__ import annotations
 
@@ -36,9 +43,17 @@ def import_file(path: Path, name: str) -> ModuleType:
     return module
 
 
-def share_with_workers(client: Any, source: bytes, name: str) -> None:
-    """Make module ``name`` (with this source) importable on every worker of ``client``,
-    so that objects of its classes can travel there."""
+def import_user_file(path: Path, source: bytes | None = None) -> ModuleType:
+    """Import a user's file under the name of its content (``source``: its bytes, when
+    already read), the name it has on the workers too."""
+    return import_file(path, module_name(path.read_bytes() if source is None else source))
+
+
+def share_with_workers(client: Any, source: bytes, name: str | None = None) -> str:
+    """Make the module of this source importable on every worker of ``client``, so that
+    objects of its classes can travel there; return its name (:func:`module_name`, unless
+    ``name`` is given)."""
+    name = name or module_name(source)
     folder = Path(tempfile.mkdtemp(prefix="mlaas-model-"))
     copy = folder / f"{name}.py"
     copy.write_bytes(source)
@@ -46,3 +61,9 @@ def share_with_workers(client: Any, source: bytes, name: str) -> None:
         client.upload_file(str(copy), load=True)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+    return name
+
+
+def share_file(client: Any, path: str | Path) -> str:
+    """:func:`share_with_workers` for a file on disk."""
+    return share_with_workers(client, Path(path).read_bytes())

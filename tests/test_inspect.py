@@ -352,6 +352,47 @@ def test_rntuple_is_named_as_such(tmp_path: Path) -> None:
     assert "'Events' is an RNTuple, not a TTree" in str(info.value)
 
 
+@pytest.mark.xrootd
+def test_remote_files_are_opened_as_datasets_open_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """inspect reads root:// and https:// URLs through the datasets' opener (the bearer
+    token and the grid CA folder reach the server), and a wrong tree name is the same
+    error as for a local file."""
+    from conftest import require_programs, write_events
+    from servers import NginxServer, XRootDServer, served_dir
+
+    require_programs(("xrootd", "xrootd-server"), ("nginx", "nginx-light", "openssl"))
+    token = "tok-" + "5c1e9a7b3d2f4e6a8b0c1d3e5f7a9b2c"
+    root = served_dir()
+    servers: list[Any] = []
+    try:
+        (root / "store").mkdir(mode=0o755)
+        (root / "secure" / "store").mkdir(mode=0o755, parents=True)
+        for folder in (root / "store", root / "secure" / "store"):
+            write_events(folder / "ev.root", n=500).chmod(0o644)
+        (root / "secure").chmod(0o755)
+        xrootd = XRootDServer(["/store"], localroot=root).start()
+        servers.append(xrootd)
+        nginx = NginxServer(root, token=token).start()
+        servers.append(nginx)
+        monkeypatch.setenv("X509_CERT_DIR", str(nginx.ca_dir))
+        monkeypatch.setenv("BEARER_TOKEN", token)
+        for url in (f"{xrootd.url}//store/ev.root", f"{nginx.url}/secure/store/ev.root"):
+            report = inspect_file(url)
+            assert [(t["name"], t["entries"]) for t in report["trees"]] == [("Events", 500)]
+            with pytest.raises(DataError) as info:
+                inspect_file(url, tree="Event")
+            assert str(info.value) == (
+                f"Tree 'Event' is not in {url}. Did you mean 'Events'? Available trees: "
+                "Events. Give one of them as the tree (dataset.tree in a job file, --tree "
+                "for mlaas inspect).")
+            assert info.value.file == url and info.value.key == "Event"
+    finally:
+        for server in servers:
+            server.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 # -- command line -------------------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ your job file.
 
 examples:
   mlaas inspect data/sample/signal.root
-  mlaas inspect ../shared/data/cms-nanoaod-2015/ttbar.root --tree Events
+  mlaas inspect nanoaod.root --tree Events --sample-events 10000
   mlaas inspect root://eospublic.cern.ch//eos/opendata/cms/.../file.root --json > schema.json
 """
 

@@ -251,10 +251,10 @@ class Dataset:
         #: retries and fallbacks that ended well, when opening files
         self.open_outcomes: dict[str, Outcome] = {}
         opened = []
-        for (group, path), result in zip(paths, results, strict=True):
+        for (number, path), result in zip(paths, results, strict=True):
             if isinstance(result, ReadFailure):
                 self.unopened.append({
-                    "file": display(path), "group": self.groups[group].name,
+                    "file": display(path), "group": self.groups[number].name,
                     "start": 0, "stop": None, "entries": None, **failure_record(result)})
                 continue
             info, available, outcome = result

@@ -23,11 +23,11 @@ def _decompressor() -> Any:
 def use_fastest_zlib() -> str:
     """Make uproot inflate ZLIB baskets with ISA-L when ``isal`` is installed (in this
     process), and return the library now in use: ``"isal"`` or ``"zlib"``."""
+    from mlaas_dask.extras import available
+
     if zlib_decoder() != "zlib":
         return zlib_decoder()
-    try:
-        import isal.isal_zlib  # noqa: F401
-    except ImportError:
+    if not available("isal.isal_zlib"):
         return "zlib"
     set_zlib_decoder("isal")
     return "isal"

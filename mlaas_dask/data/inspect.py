@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import struct
 from collections import Counter
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from mlaas_dask.data.multiplicity import multiplicity_stats, objects_to_keep

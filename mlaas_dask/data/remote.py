@@ -18,9 +18,9 @@ from __future__ import annotations
 import errno
 import math
 import os
-import ssl
 import random
 import re
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
