@@ -2,8 +2,9 @@
 
 A leaf module: it imports nothing else from :mod:`mlaas_dask.cluster`, so every backend
 (and :mod:`mlaas_dask.cluster.backend`) can build its schema from it without an import
-circle. :class:`~mlaas_dask.config.Field` and :class:`~mlaas_dask.config.Validator` (the
-schema machinery shared with job files) are re-exported from here.
+circle. :class:`~mlaas_dask.config.Field`, :class:`~mlaas_dask.config.Validator` and the
+checks shared with job files (``positive``, ``non_negative``, ``NUMBER``) are re-exported
+from :mod:`mlaas_dask.config`.
 
 A check takes a value of the field's types and returns ``None`` when it is good, else the
 end of a sentence saying why not (``"must be positive, got -1."``); the Validator puts the
@@ -16,7 +17,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from mlaas_dask.config import Field, Validator
+from mlaas_dask.config import NUMBER, Field, Validator, non_negative, positive
 
 __all__ = [
     "ADAPT_FIELD", "NUMBER", "SCHEMES", "Field", "Validator", "address_value", "as_walltime",
@@ -27,20 +28,9 @@ __all__ = [
 
 #: URL schemes of a Dask scheduler address
 SCHEMES = ("tcp://", "tls://", "ucx://", "inproc://")
-NUMBER = (int, float)
 
 
 # ---------------------------------------------------------------- checks
-
-
-def positive(value: Any) -> str | None:
-    """Numbers above 0."""
-    return None if value > 0 else f"must be positive, got {value}."
-
-
-def non_negative(value: Any) -> str | None:
-    """Numbers from 0 up."""
-    return None if value >= 0 else f"must be 0 or more, got {value}."
 
 
 def _is_int(value: Any) -> bool:
