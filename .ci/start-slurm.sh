@@ -43,7 +43,9 @@ if ! (munge -n | unmunge) > /dev/null 2>&1; then
 fi
 
 HOST="$(hostname -s)"
-CPUS="$(nproc)"
+# not nproc alone: it honours OMP_NUM_THREADS, which a Dask Nanny started earlier in the
+# calling process (pytest) sets to 1 -- a one-CPU node then runs one job at a time
+CPUS="$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)"
 MEM_MB=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 9 / 10 ))
 mkdir -p "$DIR/state" "$DIR/spool"
 cat > "$DIR/slurm.conf" <<EOF
