@@ -328,6 +328,17 @@ def test_a_config_made_in_python_gets_the_files_checks(case: str) -> None:
     assert "cluster file looks like this:" in python_message
 
 
+def test_errors_carry_the_file_key_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text("type: slurm\ncores: 4\nmemory: 1GB\nscheduler: {port: -1}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_cluster(path)
+    assert caught.value.details() == {"file": str(path), "key": "scheduler.port", "line": 4}
+    with pytest.raises(ConfigError) as caught:
+        ClusterConfig("slurm", options={"cores": 4, "memory": "1GB", "jobs": 0})
+    assert caught.value.details() == {"key": "jobs"}
+
+
 def test_configs_do_not_share_their_defaults() -> None:
     first = ClusterConfig("local")
     first.options["resources"]["IO"] = 1

@@ -345,9 +345,10 @@ def get_backend(name: str) -> ClusterBackend:
 
 
 def with_example(err: ConfigError, type_name: str) -> ConfigError:
-    """``err`` followed by a valid cluster file of ``type_name``."""
+    """``err`` followed by a valid cluster file of ``type_name`` (same file, key, line)."""
     text = textwrap.indent(_BACKENDS[type_name].example.strip(), "    ")
-    return ConfigError(f"{err}\nA valid {type_name} cluster file looks like this:\n{text}")
+    return ConfigError(f"{err}\nA valid {type_name} cluster file looks like this:\n{text}",
+                       **err.details())
 
 
 # ---------------------------------------------------------------- the validated config

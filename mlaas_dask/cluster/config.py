@@ -100,7 +100,8 @@ def load_cluster_file(path: str | os.PathLike[str]) -> ClusterConfig:
         raise ConfigError(f"Cluster file {path} does not exist. Known clusters: "
                           f"{', '.join(available_clusters()) or 'local'}.")
     data, lines = load_yaml(path)
-    return cluster_from_dict(data, Validator(str(path), lines), path.stem, str(path))
+    validator = Validator(str(path), lines, file=str(path))
+    return cluster_from_dict(data, validator, path.stem, str(path))
 
 
 def cluster_from_text(text: str, name: str = "<cluster>") -> ClusterConfig:
