@@ -421,3 +421,19 @@ def test_nothing_outside_the_backends_asks_a_clusters_type() -> None:
                      "timeout = DEFAULT_TIMEOUT.get(config.type, 300)",
                      "check '{status[config.type]}'"):
         assert TYPE_DISPATCH.search(dispatch), dispatch  # the pattern finds them
+
+
+def test_batch_jobs_write_their_output_outside_the_working_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without log_directory, SLURM would write slurm-*.out where mlaas runs (a source
+    tree, often): the jobs get ~/.cache/mlaas_dask/logs/<cluster> instead."""
+    from mlaas_dask.cluster.jobqueue import base_kwargs
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    default = cluster_from_text("type: slurm\ncores: 1\nmemory: 1GB\n", "gpu-queue")
+    assert base_kwargs(default)["log_directory"] == str(
+        tmp_path / ".cache" / "mlaas_dask" / "logs" / "gpu-queue")
+    chosen = cluster_from_text("type: slurm\ncores: 1\nmemory: 1GB\nlog_directory: /x/l\n")
+    assert base_kwargs(chosen)["log_directory"] == "/x/l"
+    script = get_backend("slurm").job_script(default)
+    assert str(tmp_path / ".cache" / "mlaas_dask" / "logs" / "gpu-queue") in script

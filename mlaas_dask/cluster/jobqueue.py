@@ -10,8 +10,10 @@ job, tagged ``GPU``), ``resources`` (any other worker tags) and ``scheduler``.
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
 import sys
+from pathlib import Path
 from typing import Any, ClassVar
 
 from mlaas_dask.cluster.backend import ClusterBackend, ClusterConfig, common_schema
@@ -49,7 +51,9 @@ BASE_SCHEMA = {
                                  "'source /cvmfs/.../setup.sh'", default=[], items=_STRINGS),
     "job_directives_skip": Field((list,), "generated header lines to drop", default=[],
                                  items=_STRINGS),
-    "log_directory": Field((str,), "where the jobs' stdout/stderr go"),
+    "log_directory": Field((str,), "where the jobs' stdout/stderr go (when not set: "
+                           "~/.cache/mlaas_dask/logs/<cluster name>, never the folder "
+                           "mlaas runs in)"),
     "local_directory": Field((str,), "fast local scratch for the workers, e.g. $TMPDIR"),
     "python": Field((str,), "the Python that runs the workers (default: this one)"),
     "interface": Field((str,), "network interface of the workers (and scheduler), e.g. "
@@ -130,13 +134,9 @@ class JobQueueBackend(ClusterBackend):
 
     def build(self, config: ClusterConfig) -> Any:
         """The dask-jobqueue cluster object (its scheduler started, no job submitted)."""
-        try:
-            import dask_jobqueue
-        except ImportError:
-            raise ConfigError(
-                f"{config.type} clusters need dask-jobqueue: pip install "
-                "'mlaas_dask[jobqueue]'."
-            ) from None
+        from mlaas_dask.extras import require
+
+        dask_jobqueue = require("dask_jobqueue", f"{config.type} clusters")
         kwargs = self.job_kwargs(config)
         try:
             return getattr(dask_jobqueue, self.cluster_class)(**kwargs)
@@ -171,12 +171,9 @@ class JobQueueBackend(ClusterBackend):
     def hint(self, config: ClusterConfig, cluster: Any) -> str:
         jobs = [str(getattr(job, "job_id", None))
                 for job in getattr(cluster, "workers", {}).values()]
-        logs = config.options.get("log_directory")
         return (f"Submitted jobs: {', '.join(jobs) or 'none'}. They may still be queued or "
-                f"have failed: check '{self.status_command}'"
-                + (f" and the logs in {logs}" if logs else " (set log_directory to keep "
-                   "their output)")
-                + "; raise wait.timeout for busy queues.")
+                f"have failed: check '{self.status_command}' and the logs in "
+                f"{log_directory(config)}; raise wait.timeout for busy queues.")
 
 
 def worker_resources(options: dict[str, Any]) -> dict[str, float]:
@@ -210,10 +207,23 @@ def base_kwargs(config: ClusterConfig) -> dict[str, Any]:
         "job_directives_skip": list(options["job_directives_skip"]),
         "scheduler_options": scheduler_options,
     }
-    for key in ("log_directory", "local_directory", "interface"):
+    kwargs["log_directory"] = log_directory(config)
+    for key in ("local_directory", "interface"):
         if options[key] is not None:
             kwargs[key] = options[key]
     return kwargs
+
+
+def log_directory(config: ClusterConfig) -> str:
+    """Where the jobs write their output: ``log_directory``, else
+    ``~/.cache/mlaas_dask/logs/<cluster name>``. Without one, SLURM and PBS write
+    ``slurm-*.out`` / ``NAME.o*`` into the folder mlaas was started from (often a source
+    tree); home folders are usually shared with the compute nodes."""
+    chosen = config.options.get("log_directory")
+    if chosen:
+        return str(chosen)
+    name = re.sub(r"[^\w.-]+", "_", str(config.name)).strip("_") or config.type
+    return str(Path("~/.cache/mlaas_dask/logs").expanduser() / name)
 
 
 def jobs_wanted(config: ClusterConfig) -> int:
