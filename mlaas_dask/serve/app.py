@@ -468,13 +468,14 @@ def create_app(config: ServeConfig, token: str | None = None) -> Starlette:
     token
         Bearer token for write endpoints; by default read from ``config.token_file`` or the
         ``MLAAS_SERVE_TOKEN`` environment variable.
+
+    Raises
+    ------
+    ConfigError
+        The repository is no longer a directory, or ``protect_reads`` has no token.
     """
-    if not config.models.is_dir():
-        raise MlaasError(
-            f"Model repository {config.models} is not a directory. Create it, and put bundles "
-            "in <name>/<version>/ folders (or upload them once the server runs)."
-        )
     token = token if token is not None else read_token(config.token_file)
+    config.check_start(token)  # the repository may have gone; protect_reads needs a token
     pool = PredictionPool(config.n_threads, config.max_queue_rows)
     metrics_obj = Metrics(
         queue_rows=lambda: pool.queued_rows,

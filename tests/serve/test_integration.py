@@ -226,11 +226,11 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys):
     assert main(["serve", "--models", str(tmp_path), "--token-file", str(empty)]) == 2
     assert "is empty" in capsys.readouterr().err
     assert main(["serve", "--models", str(tmp_path), "--workers", "0"]) == 2
-    assert "--workers must be at least 1" in capsys.readouterr().err
+    assert "workers (--workers): must be at least 1, not 0" in capsys.readouterr().err
     assert main(["serve", "--models", str(tmp_path), "--header-timeout", "0"]) == 2
-    assert "--header-timeout must be positive, not 0" in capsys.readouterr().err
+    assert "(--header-timeout): must be above 0, not 0" in capsys.readouterr().err
     assert main(["serve", "--models", str(tmp_path), "--max-connections", "0"]) == 2
-    assert "--max-connections must be at least 1" in capsys.readouterr().err
+    assert "max_connections (--max-connections): must be at least 1" in capsys.readouterr().err
 
 
 def test_cli_connection_and_upload_limits(tmp_path: Path):
