@@ -150,6 +150,17 @@ def open_files(value: int) -> str | None:
             "for models, threads and logs. Give fewer, or raise the limit.")
 
 
+def default_connections(wanted: int = 1000) -> int:
+    """``wanted`` connections, or fewer where the open-file limit allows fewer (a notebook
+    on a machine with 'ulimit -Hn' 1024 still gets a server that starts)."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY:
+        return wanted
+    return max(1, min(wanted, hard - RESERVED_FILES))
+
+
 # ---------------------------------------------------------------- declarations
 
 
@@ -297,7 +308,7 @@ class ServeConfig:
         "together", "--max-unpacked-mb", check=at_least(1), metavar="MB", scale=MB,
         group="upload limits")
     max_connections: int = setting(
-        1000, "open connections beyond which requests get 503 at once and the longest-idle "
+        default_connections(), "open connections beyond which requests get 503 at once and the longest-idle "
         "kept-alive connection is closed; each is an open file, so they must fit the "
         "open-file limit ('ulimit -Hn') with room to spare", "--max-connections",
         check=open_files, metavar="N", group="connection limits")

@@ -161,13 +161,14 @@ def test_file_limit_follows_the_total_unless_given(tmp_path: Path):
 
 def test_max_connections_must_fit_the_open_file_limit(tmp_path: Path):
     """In a process whose hard open-file limit is 512 (lowered there, for good): 256
-    connections fit, 257 do not, from Python and from the CLI."""
+    connections fit (and are the default there), 257 do not, from Python and from the CLI."""
     script = (
         "import resource, sys\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (512, 512))\n"
         "from mlaas_dask.cli import main\n"
         "from mlaas_dask.errors import ConfigError\n"
         "from mlaas_dask.serve import ServeConfig\n"
+        "assert ServeConfig(models=sys.argv[1]).max_connections == 256  # default fits\n"
         "ServeConfig(models=sys.argv[1], max_connections=256)\n"
         "try:\n"
         "    ServeConfig(models=sys.argv[1], max_connections=257)\n"
