@@ -12,6 +12,8 @@ that kills the worker running a given task once XGBoost reports round ``K`` or o
 - partial_fit: the worker fitting block k killed (resumes from the last checkpoint);
 - a worker killed while reading partition k (Dask reads it again elsewhere);
 - a worker killed during the test prediction (Dask predicts its blocks again);
+- the training worker stopped (SIGSTOP, a hung process): it counts as lost once Dask drops
+  it (``distributed.scheduler.worker-ttl``, 30 s here, 5 minutes by default);
 - XGBoost and partial_fit with ``max_retries: 0`` (the job fails, naming the worker).
 
 Printed: what was killed when, the outcome, the wall time of the job, the seconds from the
@@ -23,6 +25,7 @@ Usage: python benchmarks/fault_matrix.py [--events 1000000]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import time
@@ -38,7 +41,7 @@ TRAIN_TOPIC_PREFIX = "mlaas-train-"
 
 
 class KillWhen(SchedulerPlugin):
-    """SIGKILL the worker running a task, once (a test and benchmark tool).
+    """SIGKILL (or ``signal``) the worker running a task, once (a test and benchmark tool).
 
     ``prefix`` names the task (``fn``: xgboost.dask's training task; ``partial_fit``: one
     block of the scikit-learn chain; ``read_and_process``: one partition read). With
@@ -51,8 +54,9 @@ class KillWhen(SchedulerPlugin):
     name = "kill-when"
 
     def __init__(self, pids: dict[str, int], prefix: str, start: int = 1,
-                 round: int | None = None) -> None:
+                 round: int | None = None, signal: int = signal.SIGKILL) -> None:
         self.pids = pids
+        self.signal = signal
         self.prefix = prefix
         self.start_at = start
         self.round = round
@@ -82,7 +86,7 @@ class KillWhen(SchedulerPlugin):
     def _kill(self, address: str) -> None:
         name = str(self.scheduler.workers[address].name)
         self.killed.append((address, name, time.time()))
-        os.kill(self.pids[address], signal.SIGKILL)
+        os.kill(self.pids[address], self.signal)
 
 
 def _prefix(key: Any) -> str:
@@ -91,9 +95,12 @@ def _prefix(key: Any) -> str:
     return key_split(key)
 
 
-def arm(client: Any, prefix: str, **when: int) -> None:
-    """Register a :class:`KillWhen` with the pids of the cluster's current workers."""
-    client.register_plugin(KillWhen(client.run(os.getpid), prefix, **when))
+def arm(client: Any, prefix: str, **when: int) -> dict[str, int]:
+    """Register a :class:`KillWhen` with the pids of the cluster's current workers;
+    those pids."""
+    pids = client.run(os.getpid)
+    client.register_plugin(KillWhen(pids, prefix, **when))
+    return pids
 
 
 def killed(client: Any) -> list[tuple[str, str, float]]:
@@ -124,6 +131,8 @@ class Scenario:
     prefix: str | None = None
     when: dict[str, int] = field(default_factory=dict)
     retries: int = 2
+    #: Dask's time to live of a silent worker, for a stopped (hung) one
+    worker_ttl: str | None = None
 
 
 @dataclass
@@ -137,6 +146,7 @@ class Outcome:
 
 
 def run(scenario: Scenario, files: dict[str, list[Path]], step: int, out: Path) -> Outcome:
+    import dask
     from distributed import Client, LocalCluster
 
     from mlaas_dask.errors import MlaasError
@@ -150,12 +160,13 @@ def run(scenario: Scenario, files: dict[str, list[Path]], step: int, out: Path) 
     def log(*args: Any, **kwargs: Any) -> None:
         lines.append((time.time(), " ".join(map(str, args))))
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None, silence_logs=50) as cluster, \
+    ttl = {"distributed.scheduler.worker-ttl": scenario.worker_ttl} if scenario.worker_ttl else {}
+    with dask.config.set(ttl), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                         dashboard_address=None, silence_logs=50) as cluster, \
             Client(cluster) as client:
         client.run(lambda: __import__("xgboost"))  # imports are not what is measured
-        if scenario.prefix:
-            arm(client, scenario.prefix, **scenario.when)
+        pids = arm(client, scenario.prefix, **scenario.when) if scenario.prefix else {}
         start = time.perf_counter()
         try:
             result = train(job, cluster=client, out=out / scenario.name, progress=False,
@@ -169,6 +180,9 @@ def run(scenario: Scenario, files: dict[str, list[Path]], step: int, out: Path) 
             lines.append((failed_at, f"error: {err}"))
         seconds = time.perf_counter() - start
         kills = killed(client) if scenario.prefix else []
+        for pid in pids.values():  # a stopped worker that Dask has not killed yet
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
     reaction, line = None, ""
     if kills:
         _, name, when = kills[0]
@@ -182,6 +196,9 @@ def run(scenario: Scenario, files: dict[str, list[Path]], step: int, out: Path) 
     return Outcome(scenario, outcome, seconds, reaction, auc, line)
 
 
+#: partitions of the job, hence training blocks of partial_fit
+BLOCKS = 16
+
 SCENARIOS = [
     Scenario("xgb-undisturbed", XGB, "nothing"),
     Scenario("xgb-train-round20", XGB, "the training worker at round 20", "fn",
@@ -190,11 +207,14 @@ SCENARIOS = [
              "read_and_process", {"start": 3}),
     Scenario("xgb-predict", XGB, "a worker during the test prediction", "mapped_predict",
              {"start": 1}),
+    Scenario("xgb-hung-round20", XGB, "the training worker hung (SIGSTOP) at round 20",
+             "fn", {"round": 20, "signal": signal.SIGSTOP},
+             worker_ttl="30s"),
     Scenario("xgb-no-retries", XGB, "the training worker at round 20 (max_retries 0)", "fn",
              {"round": 20}, retries=0),
     Scenario("sgd-undisturbed", SGD, "nothing"),
-    Scenario("sgd-block11", SGD, "the worker fitting block 11 (epoch 2, block 3)",
-             "partial_fit", {"start": 11}),
+    Scenario("sgd-epoch2-block3", SGD, "the worker fitting block 3 of epoch 2",
+             "partial_fit", {"start": BLOCKS + 3}),
     Scenario("sgd-no-retries", SGD, "the worker fitting block 3 (max_retries 0)",
              "partial_fit", {"start": 3}, retries=0),
 ]
@@ -206,7 +226,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="scenario names to run")
     args = parser.parse_args()
     files = sample_files(args.events)
-    step = max(1, args.events // 16)  # 16 partitions
+    step = -(-args.events // BLOCKS)
     out = Path(__file__).resolve().parent / "results" / "fault-matrix"
     import shutil
 
@@ -241,7 +261,8 @@ def print_matrix(results: list[Outcome], events: int) -> None:
         print(f"{r.scenario.name:<20} {r.scenario.kill:<48} {r.outcome:<52} "
               f"{r.seconds:>7.1f} {'' if r.to_reaction is None else f'{r.to_reaction:.1f}':>7} "
               f"{'' if r.auc is None else f'{r.auc:.4f}':>7} {delta:>8}")
-    print("\nkill->: seconds from the kill to the resume line or the error. Lines:")
+    print("\nkill->: seconds from the kill to the resume line or the error (a hung worker: "
+          "Dask's worker-ttl set to 30 s). Lines:")
     for r in results:
         if r.line:
             print(f"  {r.scenario.name}: {r.line}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from conftest import REPO
 from mlaas_dask.bundle import ModelBundle
 from mlaas_dask.job import job_from_text
 from mlaas_dask.train import train
+from mlaas_dask.train.faults import TrainingFailed
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import fault_matrix
@@ -171,6 +173,32 @@ def test_xgboost_without_retries_fails_naming_the_lost_worker_and_round(
     assert int(match[1]) >= KILL_ROUND and int(match[2]) == int(match[1]) // 10 * 10
     assert not (tmp_path / "bundle").exists()
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.slow
+def test_xgboost_fails_when_the_lost_data_cannot_be_read_again(
+        cluster: Any, sample: dict[str, list[Path]], tmp_path: Path) -> None:
+    """The killed worker held partitions whose files are gone by then: resuming needs them
+    again, so the job fails, naming the lost worker, the round and the file."""
+    copies = {group: [Path(shutil.copy(path, tmp_path / path.name)) for path in paths]
+              for group, paths in sample.items()}
+    job = job_from_text(job_text(copies, XGB.format(retries=2)), base=tmp_path)
+
+    def log(*args: Any, **kwargs: Any) -> None:
+        if str(args[0]).startswith("Training XGBoost on"):  # every partition has been read
+            for path in (p for paths in copies.values() for p in paths):
+                path.rename(path.with_suffix(".gone"))
+
+    arm(cluster, "fn", round=KILL_ROUND)
+    with pytest.raises(TrainingFailed) as failure:
+        train(job, cluster=cluster, out=tmp_path / "bundle", progress=True, log=log)
+    address, name = killed(cluster)
+    message = str(failure.value)
+    assert re.match(rf"XGBoost training lost worker {re.escape(name)} \({re.escape(address)}\) "
+                    r"at round \d+, and resuming from the checkpoint at round \d+ failed: ",
+                    message), message
+    assert re.search(r"(signal|background)\.root", message), message
+    assert not (tmp_path / "bundle").exists()
 
 
 @pytest.mark.slow

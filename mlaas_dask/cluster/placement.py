@@ -218,15 +218,17 @@ class StagePlan:
         if not self.train_threads:
             log(f"Moving the training data to "
                 f"{', '.join(worker_names(workers, self.train_workers))}")
-        # new keys (an identity per block, unique per move): the originals may already be
-        # held elsewhere, a restriction only places tasks that have yet to run, and a
-        # move after a lost worker must not reuse the keys of the move before it
-        arrays = [d[s].map_blocks(carry_block, dtype=d[s].dtype,
-                                  name=f"carry_block-{uuid.uuid4().hex}")
-                  for s in splits for d in (X, y, w)]
-        # strict (loose restrictions let idle workers steal the blocks): blocks lost with
-        # a dead worker then wait for it forever, so training stops on a lost worker
-        # (cancelling them) and moves the splits again (train.xgb.train_resumable)
+        # the blocks first where they are, unrestricted: a restriction applies to every
+        # task of a graph that the scheduler does not know yet, and lasts while it knows
+        # it -- so after a lost worker, blocks to recompute would wait for the dead one
+        sources = self.client.persist([d[s] for s in splits for d in (X, y, w)])
+        # then new keys (an identity per block, unique per move) that only these workers
+        # may compute: the originals may be held elsewhere, and strict (loose ones let
+        # idle workers steal blocks). A dead worker leaves these waiting for it: training
+        # stops when it notices the loss, and moves the splits again (see
+        # mlaas_dask.train.xgb.train_resumable)
+        arrays = [a.map_blocks(carry_block, dtype=a.dtype,
+                               name=f"carry_block-{uuid.uuid4().hex}") for a in sources]
         moved = self.client.persist(arrays, workers=self.train_workers,
                                     allow_other_workers=False)
         (wait or _wait)(moved, self.train_workers)

@@ -28,6 +28,8 @@ ABORT_GRACE_SECONDS = 30.0
 SETTLE_SECONDS = 2.0
 #: how long to wait for a worker when none is left (a nanny restarts one in seconds)
 WORKER_WAIT_SECONDS = 60.0
+#: how long to wait for replacements before resuming on fewer workers than before
+REPLACEMENT_WAIT_SECONDS = 10.0
 
 
 class TrainingFailed(MlaasError):
@@ -37,12 +39,14 @@ class TrainingFailed(MlaasError):
 class WorkerLost(Exception):
     """Raised inside a training attempt when a worker it depends on left the cluster.
 
-    ``workers`` are labels such as ``"worker 0 (tcp://127.0.0.1:4321)"``.
+    ``workers`` are labels such as ``"worker 0 (tcp://127.0.0.1:4321)"``; ``before`` is
+    how many workers the cluster had when the attempt started.
     """
 
-    def __init__(self, workers: list[str]) -> None:
+    def __init__(self, workers: list[str], before: int = 0) -> None:
         super().__init__(", ".join(workers))
         self.workers = workers
+        self.before = before
 
 
 class WorkerWatch:
@@ -108,14 +112,44 @@ def run_watched(fn: Callable[[], Any], watch: WorkerWatch, abort: Callable[[], N
             if lost:
                 abort()
                 thread.join(ABORT_GRACE_SECONDS)  # then abandoned: it blocks nothing
-                raise WorkerLost(lost)
+                raise WorkerLost(lost, len(watch.names))
     if "error" in box:
         lost = watch.gone_after(SETTLE_SECONDS)
         if lost:
             abort()
-            raise WorkerLost(lost) from box["error"]
+            raise WorkerLost(lost, len(watch.names)) from box["error"]
         raise box["error"]
     return box["result"]
+
+
+def cancel_dependents(client: Any, futures: list[Any]) -> None:
+    """Cancel what this client computes from ``futures``: the tasks at the top of what
+    depends on them (e.g. ``xgboost.dask.train``'s result), so that a call waiting for
+    one returns (with a cancellation error).
+
+    Only the tops are cancelled: the scheduler cancels what depends on a cancelled key
+    too, and fails (an assertion, distributed 2025.3) on a dependent that no client holds.
+    """
+    from distributed import Future
+
+    keys = [future.key for future in futures]
+    me = client.id
+
+    def tops(dask_scheduler: Any) -> list[Any]:
+        stack = [dask_scheduler.tasks[k] for k in keys if k in dask_scheduler.tasks]
+        seen, found = {ts.key for ts in stack}, []
+        while stack:
+            ts = stack.pop()
+            for dependent in ts.dependents:
+                if dependent.key not in seen:
+                    seen.add(dependent.key)
+                    stack.append(dependent)
+            if not ts.dependents and ts.key not in keys and any(
+                    c.client_key == me for c in ts.who_wants or ()):
+                found.append(ts.key)
+        return found
+
+    client.cancel([Future(key, client) for key in client.run_on_scheduler(tops)])
 
 
 def wait_watched(futures: list[Any], watch: WorkerWatch) -> None:
@@ -131,7 +165,7 @@ def wait_watched(futures: list[Any], watch: WorkerWatch) -> None:
             finished = False
         lost = watch.gone()  # also after success: Dask may have recomputed behind our back
         if lost:
-            raise WorkerLost(lost)
+            raise WorkerLost(lost, len(watch.names))
         if finished:
             return
 
@@ -182,19 +216,24 @@ class Retries:
 
     def fail_after_loss(self, err: BaseException) -> TrainingFailed:
         """The error to raise when resuming after a loss failed (e.g. the lost data
-        could not be recomputed); it names the loss and the cause."""
+        could not be recomputed: its files are gone); it names the loss and the cause."""
         last = self.events[-1]
+        cause = str(err) if isinstance(err, MlaasError) else f"{type(err).__name__}: {err}"
         return TrainingFailed(
             f"{self.stage} lost {', '.join(last['lost'])} at {last['reached']}, and "
-            f"resuming from {last['resumed_from']} failed: {type(err).__name__}: {err}")
+            f"resuming from {last['resumed_from']} failed: {cause}")
 
     def _workers_left(self, lost: WorkerLost, reached: str) -> list[str]:
-        deadline = time.monotonic() + WORKER_WAIT_SECONDS
+        """The workers to resume on: as many as before the loss (replacements started by
+        a nanny or a batch system) if they come within :data:`REPLACEMENT_WAIT_SECONDS`,
+        else those left, waiting up to :data:`WORKER_WAIT_SECONDS` for one."""
+        start = time.monotonic()
         while True:
             workers = list(self.client.scheduler_info().get("workers", {}))
-            if workers:
+            waited = time.monotonic() - start
+            if workers and (len(workers) >= lost.before or waited >= REPLACEMENT_WAIT_SECONDS):
                 return workers
-            if time.monotonic() >= deadline:
+            if waited >= WORKER_WAIT_SECONDS:
                 raise TrainingFailed(
                     f"{self.stage} lost {', '.join(lost.workers)} at {reached} and cannot "
                     f"resume: no worker is left on the cluster (waited "

@@ -31,9 +31,15 @@ from typing import Any
 import numpy as np
 
 from mlaas_dask.bundle import USER_MODEL_FILE
-from mlaas_dask.errors import ConfigError, MlaasError
+from mlaas_dask.errors import ConfigError
 from mlaas_dask.features import Preprocess
-from mlaas_dask.train.faults import Retries, WorkerLost, WorkerWatch, wait_watched
+from mlaas_dask.train.faults import (
+    Retries,
+    TrainingFailed,
+    WorkerLost,
+    WorkerWatch,
+    wait_watched,
+)
 from mlaas_dask.train.fitted import Fitted
 from mlaas_dask.train.matrix import balance_factors, bounded_sample
 from mlaas_dask.train.usermodel import (
@@ -248,11 +254,11 @@ class BlockChain:
             try:
                 self._follow(epoch, futures, watch)
             except WorkerLost as lost:
-                self.client.cancel([f for f in futures if f is not None], force=True)
+                self.client.cancel([f for f in futures if f is not None])
                 retries.resume_or_fail(lost, self._where(epoch, self._reached),
                                        self._checkpoint(epoch))
             except Exception as err:
-                if retries.events and not isinstance(err, MlaasError):
+                if retries.events and not isinstance(err, TrainingFailed):
                     raise retries.fail_after_loss(err) from err
                 raise
         self.done = 0

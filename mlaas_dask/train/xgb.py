@@ -18,11 +18,13 @@ import numpy as np
 import xgboost
 import xgboost.dask  # noqa: F401 - must be imported explicitly
 
-from mlaas_dask.errors import ConfigError, MlaasError
+from mlaas_dask.errors import ConfigError
 from mlaas_dask.train.faults import (
     Retries,
+    TrainingFailed,
     WorkerLost,
     WorkerWatch,
+    cancel_dependents,
     run_watched,
     wait_watched,
 )
@@ -283,7 +285,7 @@ def train_booster(
     try:
         output = run_watched(
             lambda: _train(client, inputs, boosting, checkpoint, topic),
-            watch, abort=lambda: client.cancel(futures_of(inputs), force=True))
+            watch, abort=lambda: cancel_dependents(client, futures_of(inputs)))
     finally:
         client.unsubscribe_topic(topic)
         _forget_topic(client, topic)
@@ -300,6 +302,7 @@ def train_booster(
 
 def _train(client: Any, inputs: list[Any], boosting: Boosting, checkpoint: Checkpoint | None,
            topic: str) -> dict[str, Any]:
+    _raise_failed(inputs)  # xgboost.dask would only assert that they finished
     params = boosting.params
     max_bin = params.get("max_bin", 256)
     dtrain = xgboost.dask.DaskQuantileDMatrix(client, inputs[0], inputs[1], weight=inputs[2],
@@ -329,6 +332,18 @@ def _train(client: Any, inputs: list[Any], boosting: Boosting, checkpoint: Check
             raise ConfigError(f"XGBoost rejected the model parameters: {message}. Check "
                               "model.params in the job file.") from None
         raise
+
+
+def _raise_failed(arrays: list[Any]) -> None:
+    """Wait for persisted arrays; raise the error of a block that failed (e.g. a file
+    that cannot be read any more when a lost worker's blocks are made again)."""
+    from distributed import futures_of, wait
+
+    futures = [future for array in arrays for future in futures_of(array)]
+    wait(futures)
+    for future in futures:
+        if future.status == "error":
+            future.result()
 
 
 def _forget_topic(client: Any, topic: str) -> None:
@@ -382,7 +397,7 @@ def train_resumable(client: Any, stages: Any, device: str, X: dict[str, Any],
                                    f"round {checkpoint.round}" if checkpoint else None)
             continue
         except Exception as err:
-            if retries.events and not isinstance(err, MlaasError):
+            if retries.events and not isinstance(err, TrainingFailed):
                 raise retries.fail_after_loss(err) from err
             raise
         history["resumes"] = retries.events
