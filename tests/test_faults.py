@@ -300,7 +300,8 @@ def test_checkpoints_replace_each_other_and_are_removed(tmp_path: Path) -> None:
     assert sorted(p.name for p in store.folder.iterdir()) == ["booster-20.ubj", "state.json"]
     store.remove()
     assert not store.folder.exists()
-    assert join_history({"v": {"m": [1.0, 2.0]}}, {"v": {"m": [3.0]}}) == {"v": {"m": [1.0, 2.0, 3.0]}}
+    joined = join_history({"v": {"m": [1.0, 2.0]}}, {"v": {"m": [3.0]}})
+    assert joined == {"v": {"m": [1.0, 2.0, 3.0]}}
 
 
 @pytest.mark.parametrize("model, message", [

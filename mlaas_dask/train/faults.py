@@ -91,8 +91,9 @@ def run_watched(fn: Callable[[], Any], watch: WorkerWatch, abort: Callable[[], N
 
     When a watched worker leaves, ``abort()`` is called (it cancels the attempt's tasks,
     which makes ``fn`` return), and :class:`WorkerLost` is raised. An exception from
-    ``fn`` that comes with a lost worker also aborts and becomes :class:`WorkerLost`. The thread
-    runs in a copy of the caller's context (Dask's current client is a context variable).
+    ``fn`` that comes with a lost worker also aborts and becomes :class:`WorkerLost`.
+    The thread runs in a copy of the caller's context (Dask's current client is a
+    context variable).
     """
     box: dict[str, Any] = {}
 
