@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mlaas_dask.errors import MlaasError
+from mlaas_dask.errors import MlaasError, first_line
 
 STAGES = (("read_features", "read+features"), ("train", "train"), ("predict", "predict"))
 
@@ -42,7 +42,7 @@ def bench_one(job: Any, cluster: Any, out: Path, log: Any = print) -> dict[str, 
             result = train(job, cluster=client, out=out, overwrite=True, progress=False,
                            log=_quiet)
     except (MlaasError, OSError, TimeoutError) as err:
-        row["error"] = str(err).strip().splitlines()[0]
+        row["error"] = first_line(err)
         log(f"  {cluster}: failed: {row['error']}")
         return row
     metrics, metadata = result.metrics, result.metadata

@@ -11,6 +11,7 @@ from typing import Any
 
 import dask
 
+from mlaas_dask.bundle import MODEL_FILE
 from mlaas_dask.errors import FeatureError, MlaasError
 
 
@@ -173,7 +174,7 @@ def _run(job: Any, client: Any, dataset: Any, spec: Any, plan: Any, out: Path,
     metadata = _metadata(job, dataset, plan, stats, classes, params, cluster_info, device)
     metadata["placement"] = stages.record()
     fitted = Fitted(
-        model_file="model.ubj", model_bytes=bytes(booster.save_raw("ubj")),
+        model_file=MODEL_FILE, model_bytes=bytes(booster.save_raw("ubj")),
         test_scores=test_scores, model_metadata=metadata.pop("model"),
         metrics={"best_iteration": history["best_iteration"], "rounds": history["rounds"],
                  "feature_importance": metrics_module.importance(booster,
@@ -246,7 +247,7 @@ def _metadata(job: Any, dataset: Any, plan: Any, stats: dict[str, Any], classes:
     return {
         "classes": classes,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "model": {"kind": "xgboost", "file": "model.ubj", "params": params,
+        "model": {"kind": "xgboost", "file": MODEL_FILE, "params": params,
                   "device": device},
         "features": {"names": plan.spec.feature_names, "count": plan.spec.n_features},
         "dataset": {**dataset.summary(), "cut": job.dataset.cut,

@@ -18,15 +18,15 @@ def evaluate_and_write(client: Any, fitted: Fitted, matrices: Any, classes: list
 
     Returns the bundle path and metrics.json's content.
     """
-    from mlaas_dask.bundle import write_bundle
+    from mlaas_dask.bundle import ROC_PLOT, SCORES_PLOT, write_bundle
 
     start = time.perf_counter()
     scores, y_test, w_test = client.compute(
         [fitted.test_scores, matrices.y["test"], matrices.w["test"]], sync=True)
     test = metrics_module.evaluate(y_test, scores, w_test, classes)
     plots = {
-        "roc.png": metrics_module.roc_png(y_test, scores, classes, test.get("auc")),
-        "scores.png": metrics_module.scores_png(y_test, scores, w_test, classes),
+        ROC_PLOT: metrics_module.roc_png(y_test, scores, classes, test.get("auc")),
+        SCORES_PLOT: metrics_module.scores_png(y_test, scores, w_test, classes),
     }
     timings["evaluate"] = time.perf_counter() - start
     timings["total"] = time.perf_counter() - t0

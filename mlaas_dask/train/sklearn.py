@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from mlaas_dask.bundle import USER_MODEL_FILE
+from mlaas_dask.bundle import PREPROCESS_FILE, SKOPS_FILE, USER_MODEL_FILE
 from mlaas_dask.errors import ConfigError
 from mlaas_dask.features import Preprocess
 from mlaas_dask.train.faults import (
@@ -133,7 +133,7 @@ def fit_sklearn(client: Any, job: Any, matrices: Any, classes: list[str], log: A
     model_file, data = serialise(estimator, log)
     info["fit_preprocess_seconds"] = round(preprocess_seconds, 3)
     info["serialise_seconds"] = round(time.perf_counter() - start, 3)
-    files = {"preprocess.json": (json.dumps(preprocess.to_dict(), indent=2) + "\n").encode()}
+    files = {PREPROCESS_FILE: (json.dumps(preprocess.to_dict(), indent=2) + "\n").encode()}
     if model.file:  # the user's classes: loadable later only with their code
         files[USER_MODEL_FILE] = Path(model.file).read_bytes()
     return Fitted(
@@ -376,7 +376,7 @@ def serialise(estimator: Any, log: Any) -> tuple[str, bytes]:
     try:
         data = skops.io.dumps(estimator)
         skops.io.loads(data, trusted=skops.io.get_untrusted_types(data=data))
-        return "model.skops", data
+        return SKOPS_FILE, data
     except Exception as err:  # noqa: BLE001 - skops raises many kinds for odd objects
         import cloudpickle
 

@@ -18,7 +18,7 @@ import numpy as np
 import xgboost
 import xgboost.dask  # noqa: F401 - must be imported explicitly
 
-from mlaas_dask.errors import ConfigError
+from mlaas_dask.errors import ConfigError, first_line
 from mlaas_dask.train.faults import (
     Retries,
     TrainingFailed,
@@ -327,7 +327,7 @@ def _train(client: Any, inputs: list[Any], boosting: Boosting, checkpoint: Check
             coll_cfg=xgboost.collective.Config(timeout=boosting.collective_timeout),
         )
     except xgboost.core.XGBoostError as err:
-        message = str(err).strip().splitlines()[0]
+        message = first_line(err)
         if "Invalid Parameter" in message or "Unknown" in message or "param" in message.lower():
             raise ConfigError(f"XGBoost rejected the model parameters: {message}. Check "
                               "model.params in the job file.") from None
