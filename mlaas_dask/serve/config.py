@@ -137,14 +137,20 @@ def readable_token(path: Path) -> str | None:
     return None
 
 
-def open_files(value: int) -> str | None:
-    """Connections that fit the hard open-file limit, with :data:`RESERVED_FILES` to spare."""
+def _hard_file_limit() -> int | None:
+    """This process's hard open-file limit ('ulimit -Hn'); None when unlimited."""
     import resource
 
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    most = hard - RESERVED_FILES
-    if value < 1 or hard == resource.RLIM_INFINITY or value <= most:
+    return None if hard == resource.RLIM_INFINITY else hard
+
+
+def open_files(value: int) -> str | None:
+    """Connections that fit the hard open-file limit, with :data:`RESERVED_FILES` to spare."""
+    hard = _hard_file_limit()
+    if value < 1 or hard is None or value <= hard - RESERVED_FILES:
         return at_least(1)(value)
+    most = hard - RESERVED_FILES
     return (f"must be from 1 to {most}, not {value}: each connection is an open file, and "
             f"this process may open {hard} ('ulimit -Hn'), {RESERVED_FILES} of them kept "
             "for models, threads and logs. Give fewer, or raise the limit.")
@@ -153,12 +159,8 @@ def open_files(value: int) -> str | None:
 def default_connections(wanted: int = 1000) -> int:
     """``wanted`` connections, or fewer where the open-file limit allows fewer (a notebook
     on a machine with 'ulimit -Hn' 1024 still gets a server that starts)."""
-    import resource
-
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    if hard == resource.RLIM_INFINITY:
-        return wanted
-    return max(1, min(wanted, hard - RESERVED_FILES))
+    hard = _hard_file_limit()
+    return wanted if hard is None else max(1, min(wanted, hard - RESERVED_FILES))
 
 
 # ---------------------------------------------------------------- declarations
