@@ -83,16 +83,19 @@ def reporting_full_disk(path: str | os.PathLike[str], needed: int, what: str,
         ) from None
 
 
-def human(size: int) -> str:
-    """``1.5 MB (1,548,288 bytes)``."""
+def short_size(size: int) -> str:
+    """``1.5 MB``, ``512 B`` (decimal units)."""
     value = float(size)
-    for unit in ("bytes", "kB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            break
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1000
-    if unit == "bytes":
-        return f"{size:,} bytes"
-    return f"{value:.1f} {unit} ({size:,} bytes)"
+    return f"{value:.1f} TB"
+
+
+def human(size: int) -> str:
+    """``1.5 MB (1,548,288 bytes)``, or ``512 bytes``."""
+    return f"{size:,} bytes" if size < 1000 else f"{short_size(size)} ({size:,} bytes)"
 
 
 def plain_names(names: Any) -> set[str]:

@@ -19,6 +19,7 @@ from mlaas_dask.data.multiplicity import multiplicity_stats, objects_to_keep
 from mlaas_dask.data.remote import ReadPolicy, open_root
 from mlaas_dask.data.rootio import TREE_CLASSES, find_tree, object_classes, tree_names
 from mlaas_dask.errors import DataError, MlaasError, did_you_mean, first_line
+from mlaas_dask.outputs import short_size
 
 DEFAULT_SAMPLE_EVENTS = 100_000
 #: a shorter timeout than a training job's: inspecting is interactive
@@ -151,7 +152,7 @@ def format_report(report: dict[str, Any], tree: str | None = None) -> str:
         entries.
     """
     size = report.get("size_bytes")
-    lines = [f"{report['path']}" + (f"  ({_human_bytes(size)})" if size is not None else "")]
+    lines = [f"{report['path']}" + (f"  ({short_size(size)})" if size is not None else "")]
     if not report["trees"]:
         lines.append("  no TTree in this file")
     for info in report["trees"]:
@@ -571,12 +572,3 @@ def _format_suggestion(info: dict[str, Any]) -> list[str]:
                           width=96)
     lines.extend(text.rstrip("\n").splitlines())
     return lines
-
-
-def _human_bytes(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "kB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.1f} TB"
