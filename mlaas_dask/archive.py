@@ -133,7 +133,9 @@ def extract_tar_gz(source: Source, target: Path, name: str = "archive",
         _remove(target, written, created)  # nothing of a refused archive stays
         if isinstance(err, _Refused):
             raise ArchiveError(f"{name}: {err}") from None
-        if isinstance(err, (tarfile.TarError, EOFError, zlib.error, isal_zlib.error)):
+        # isal's stub declares its error an instance, not a class
+        if isinstance(err, (tarfile.TarError, EOFError, zlib.error,
+                            isal_zlib.error)):  # type: ignore[arg-type]
             raise ArchiveError(f"{name} is not a readable .tar.gz archive: {err}") from None
         raise
     return sorted(written)
@@ -229,7 +231,7 @@ class _Header(tarfile.TarInfo):
         if self.type == tarfile.GNUTYPE_SPARSE:
             raise _Refused(f"member {self.name!r} is a sparse file, which is refused.")
         if self.type not in _EXTENDED:
-            return super()._proc_member(tar)
+            return super()._proc_member(tar)  # type: ignore[misc]  # private, not in typeshed
         if self.size > MAX_EXTENDED_BYTES:
             raise _Refused(f"an extended (pax or long-name) header of {self.size} bytes; at "
                            f"most {MAX_EXTENDED_BYTES} are allowed.")
@@ -239,7 +241,7 @@ class _Header(tarfile.TarInfo):
                            "headers in a row.")
         tar._mlaas_chain = depth + 1
         try:
-            return super()._proc_member(tar)
+            return super()._proc_member(tar)  # type: ignore[misc]
         finally:
             tar._mlaas_chain = depth
 

@@ -64,7 +64,7 @@ def _convert(node: yaml.Node, path: tuple[str | int, ...], lines: Lines, name: s
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = yaml.SafeLoader(" ").construct_object(key_node)  # type: ignore[arg-type]
+            key = yaml.SafeLoader(" ").construct_object(key_node)
             key = str(key)
             if key in out:
                 line = key_node.start_mark.line + 1
@@ -76,7 +76,7 @@ def _convert(node: yaml.Node, path: tuple[str | int, ...], lines: Lines, name: s
     if isinstance(node, yaml.SequenceNode):
         return [_convert(item, (*path, i), lines, name, file)
                 for i, item in enumerate(node.value)]
-    return yaml.SafeLoader(" ").construct_object(node)  # type: ignore[arg-type]
+    return yaml.SafeLoader(" ").construct_object(node)
 
 
 #: the types of a number in a schema (an int is read as a float where floats are allowed)

@@ -32,7 +32,7 @@ def require(module: str, purpose: str | None = None) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as err:
-        extra, default = _EXTRAS.get(module.split(".")[0], (None, None))
+        extra, default = _EXTRAS.get(module.split(".", maxsplit=1)[0], (None, None))
         if extra is None:
             raise
         raise MissingExtra(

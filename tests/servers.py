@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import pwd
 import shutil
@@ -101,7 +102,7 @@ def _set_pdeathsig() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _die_with_parent():  # noqa: ANN202
+def _die_with_parent():
     """For Popen's preexec_fn: the server gets SIGTERM when the test process dies,
     however it dies. The signal follows the *thread* that started the server, so only
     servers started from the main thread get it."""
@@ -258,7 +259,7 @@ http {{
             self.process = subprocess.Popen(
                 ["nginx", "-c", str(home / "nginx.conf"), "-p", str(home)],
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=_die_with_parent())
+                preexec_fn=_die_with_parent())  # noqa: PLW1509 - prctl must run in the child
         wait_for_port(self.port, process=self.process, log=log)
         return self
 
@@ -308,7 +309,7 @@ class FaultProxy:
         self._call(self._listen())
         return self
 
-    def _call(self, coroutine, timeout: float = 10.0):  # noqa: ANN001, ANN202
+    def _call(self, coroutine, timeout: float = 10.0):
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
 
     async def _listen(self) -> None:
@@ -398,10 +399,8 @@ class FaultProxy:
                 queue.put_nowait((self._loop.time() + self.latency, data))
         finally:
             queue.put_nowait((0.0, None))
-            try:
+            with contextlib.suppress(Exception):
                 await asyncio.wait_for(sender, 30)
-            except Exception:  # noqa: BLE001
-                pass
 
     async def _shutdown(self) -> None:
         self.latency = 0.0
@@ -423,7 +422,7 @@ class FaultProxy:
                 self._loop.close()
 
 
-async def _as_coroutine(function) -> None:  # noqa: ANN001
+async def _as_coroutine(function) -> None:
     function()
 
 

@@ -63,7 +63,7 @@ def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
 
 def test_overwrite_replaces_only_bundles(tmp_path: Path) -> None:
     make_bundle(tmp_path / "b")
-    with pytest.raises(BundleError, match="already exists. Choose another --out"):
+    with pytest.raises(BundleError, match=r"already exists. Choose another --out"):
         make_bundle(tmp_path / "b")
     make_bundle(tmp_path / "b", overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
@@ -78,12 +78,13 @@ def test_overwrite_replaces_only_bundles(tmp_path: Path) -> None:
 def test_incomplete_and_inconsistent_bundles_are_refused(tmp_path: Path) -> None:
     bundle = make_bundle(tmp_path / "b")
     (bundle / "model.ubj").rename(tmp_path / "model.ubj")
-    with pytest.raises(BundleError, match=r"not a complete model bundle: model.ubj or model.skops or model.pkl missing"):
+    with pytest.raises(BundleError, match=r"not a complete model bundle: model.ubj or "
+                                          r"model.skops or model.pkl missing"):
         ModelBundle.load(bundle)
     (tmp_path / "model.ubj").rename(bundle / "model.ubj")
     spec = FeatureSpec(flat=["a", "b"])
     (bundle / "features.json").write_text(spec.to_json())
-    with pytest.raises(BundleError, match="expects 4 features but features.json describes 2"):
+    with pytest.raises(BundleError, match=r"expects 4 features but features.json describes 2"):
         ModelBundle.load(bundle)
     metadata = json.loads((bundle / "metadata.json").read_text())
     (bundle / "metadata.json").write_text(json.dumps({**metadata, "format": "pickle"}))
@@ -94,7 +95,7 @@ def test_incomplete_and_inconsistent_bundles_are_refused(tmp_path: Path) -> None
 def test_a_pickle_is_never_loaded(tmp_path: Path) -> None:
     bundle = make_bundle(tmp_path / "b")
     (bundle / "model.ubj").write_bytes(b"\x80\x04\x95pickle-bytes")
-    with pytest.raises(BundleError, match="model.ubj is not a readable XGBoost model"):
+    with pytest.raises(BundleError, match=r"model.ubj is not a readable XGBoost model"):
         ModelBundle.load(bundle)
 
 
@@ -133,7 +134,7 @@ def test_unsafe_archives_are_refused(tmp_path: Path, members, message: str) -> N
 
 
 def test_garbage_archive(tmp_path: Path) -> None:
-    with pytest.raises(BundleError, match="upload.tar.gz is not a readable .tar.gz archive"):
+    with pytest.raises(BundleError, match=r"upload.tar.gz is not a readable .tar.gz archive"):
         extract_archive(b"definitely not gzip", tmp_path / "x", name="upload.tar.gz")
 
 
@@ -175,7 +176,7 @@ def test_overwrite_of_a_bundle_without_a_file_list(tmp_path: Path) -> None:
     del metadata["bundle_files"]
     (bundle / "metadata.json").write_text(json.dumps(metadata))
     (bundle / "NOTES.txt").write_text("mine")
-    with pytest.raises(BundleError, match="did not write: NOTES.txt\\."):
+    with pytest.raises(BundleError, match=r"did not write: NOTES.txt\."):
         make_bundle(bundle, overwrite=True)
     (bundle / "NOTES.txt").unlink()
     make_bundle(bundle, overwrite=True)
@@ -245,8 +246,8 @@ def test_loading_an_archive_leaves_no_folder(tmp_path: Path, own_tmpdir: Path) -
 def test_user_code_of_an_archive_reaches_the_workers(client, tmp_path: Path,
                                                      own_tmpdir: Path) -> None:
     """share_code needs the bundle's user_model.py after the archive's folder is gone."""
-    from sklearn.linear_model import LogisticRegression
     import skops.io
+    from sklearn.linear_model import LogisticRegression
 
     from mlaas_dask.usercode import module_name
 
@@ -338,8 +339,8 @@ def test_archive_on_a_full_disk(tmp_path: Path, disk: Path,
         export_archive(bundle, disk / "b.tar.gz")
     assert entries(disk) == []
     plenty_of_space(monkeypatch)
-    with pytest.raises(DiskSpaceError, match="The disk filled up while writing the bundle "
-                                             "archive at .*b.tar.gz \\(No space left on device\\)"):
+    with pytest.raises(DiskSpaceError, match=r"The disk filled up while writing the bundle "
+                                             r"archive at .*b.tar.gz \(No space left on device\)"):
         export_archive(bundle, disk / "b.tar.gz")
     assert entries(disk) == []  # no .b.tar.gz.*.partial
 
@@ -353,4 +354,4 @@ def test_free_space_check_reads_disk_usage(tmp_path: Path,
         make_bundle(tmp_path / "deep" / "b")
     assert "and 10.0 kB (10,000 bytes) are free there" in str(err.value)
     assert not (tmp_path / "deep" / "b").exists()
-    assert not [p for p in (tmp_path / "deep").iterdir()]
+    assert not list((tmp_path / "deep").iterdir())

@@ -171,7 +171,7 @@ def test_refusal_does_not_depend_on_the_module_prefix(tmp_path: Path) -> None:
     marker = tmp_path / "marker"
     root = _call("numpy", "ndarray", _tuple(_str(3)))
     bundle = write_model_bundle(tmp_path / "b", skops_file(root))
-    with pytest.raises(BundleError, match="numpy.ndarray loaded by ConstructorFromReduceNode"):
+    with pytest.raises(BundleError, match=r"numpy.ndarray loaded by ConstructorFromReduceNode"):
         ModelBundle.load(bundle)
     assert not marker.exists()
 
@@ -230,9 +230,9 @@ def start_server() -> Iterator[Callable[[Any], Any]]:
 
 
 def _app(repo: Path) -> Any:
-    from serve.conftest import TOKEN
-
     from mlaas_dask.serve import ServeConfig, create_app
+
+    from serve.conftest import TOKEN
 
     return create_app(ServeConfig(models=repo, threads=1, poll_s=0), token=TOKEN)
 
@@ -409,7 +409,7 @@ def test_types_left_out_are_refused_with_the_reason_and_load_when_trusted(
     for number, model in enumerate([KNeighborsClassifier(), SVC(probability=True)]):
         data = skops.io.dumps(model.fit(x, y))
         bundle = write_model_bundle(tmp_path / str(number), data)
-        with pytest.raises(BundleError, match="without bounds checks|without checks") as err:
+        with pytest.raises(BundleError, match=r"without bounds checks|without checks") as err:
             ModelBundle.load(bundle)
         refused = str(err.value).split("list (")[1].split(")")[0].split(", ")
         trusted = ModelBundle.load(bundle, trusted_types=refused)
@@ -465,7 +465,7 @@ def test_a_tree_that_is_not_a_tree_is_refused(tmp_path: Path) -> None:
     model = _fit("DecisionTreeClassifier")
     model.tree_ = {"node_count": 1}
     bundle = write_model_bundle(tmp_path / "b", skops.io.dumps(model))
-    with pytest.raises(BundleError, match="trees are malformed.*corrupt or crafted"):
+    with pytest.raises(BundleError, match=r"trees are malformed.*corrupt or crafted"):
         ModelBundle.load(bundle)
 
 
@@ -572,7 +572,7 @@ def test_crafted_xgboost_trees_are_refused(how: str, tmp_path: Path) -> None:
     elif how == "output group outside":
         model["learner"]["gradient_booster"]["model"]["tree_info"][0] = 5
     else:  # a well-formed categorical split: the project's features are numbers
-        tree.update(split_type=[1] + tree["split_type"][1:], categories=[1],
+        tree.update(split_type=[1, *tree["split_type"][1:]], categories=[1],
                     categories_nodes=[0], categories_segments=[0], categories_sizes=[1])
     bundle = write_model_bundle(tmp_path / "b", _as_ubj(model), model_file="model.ubj")
     with pytest.raises(BundleError) as err:

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from conftest import REPO
 from mlaas_dask.cli import main
 from mlaas_dask.cluster import (
     ClusterConfig,
@@ -33,6 +32,8 @@ from mlaas_dask.cluster.local import visible_gpus
 from mlaas_dask.cluster.pbs import PBSBackend
 from mlaas_dask.cluster.slurm import SlurmBackend
 from mlaas_dask.errors import ConfigError
+
+from conftest import REPO
 
 CLUSTER_FILES = sorted((REPO / "clusters").glob("*.yaml"))
 #: the built-in kinds of cluster (a test may register more)
@@ -470,9 +471,9 @@ def test_gpu_discovery(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi
     assert visible_gpus() == []
-    with pytest.raises(ConfigError, match="asks for one worker per GPU .* shows none"):
-        from mlaas_dask.cluster import start
+    from mlaas_dask.cluster import start
 
+    with pytest.raises(ConfigError, match=r"asks for one worker per GPU .* shows none"):
         start("local-gpu")
 
 
@@ -488,10 +489,11 @@ def test_existing_scheduler_by_address(client: Any) -> None:
 
 
 def test_unreachable_scheduler() -> None:
-    with pytest.raises(ConfigError, match="Cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
-        with connect({"type": "address", "address": "tcp://127.0.0.1:9",
-                      "connect_timeout": 1}):
-            pass
+    with (
+        pytest.raises(ConfigError, match=r"Cannot reach the Dask scheduler at tcp://127.0.0.1:9"),
+        connect({"type": "address", "address": "tcp://127.0.0.1:9", "connect_timeout": 1}),
+    ):
+        pass
 
 
 def _sleep(seconds: float) -> float:
@@ -503,7 +505,7 @@ def _malloc_trim() -> str | None:
     return os.environ.get("MALLOC_TRIM_THRESHOLD_")
 
 
-@pytest.mark.parametrize(("trim", "expected"), [(False, None), (True, "65536")])
+@pytest.mark.parametrize("trim,expected", [(False, None), (True, "65536")])
 def test_local_workers_keep_glibc_memory_tuning_unless_asked(trim: bool,
                                                              expected: str | None) -> None:
     # Dask's MALLOC_TRIM_THRESHOLD_ makes every array over 128 KiB a fresh mmap: slower

@@ -271,8 +271,8 @@ def test_missing_file_names_it_and_suggests_neighbours(tmp_path: Path) -> None:
 
 def test_directory_is_refused_with_its_root_files(tmp_path: Path) -> None:
     shutil.copy(ZZ, tmp_path / "zz.root")
-    with pytest.raises(DataError, match="is a directory; give one ROOT file inside it. "
-                                        "ROOT files in it: zz.root"):
+    with pytest.raises(DataError, match=r"is a directory; give one ROOT file inside it. "
+                                        r"ROOT files in it: zz.root"):
         inspect_file(tmp_path)
 
 

@@ -93,7 +93,7 @@ def test_bad_feature_expression_is_reported_with_the_job() -> None:
 
 
 def test_missing_job_file() -> None:
-    with pytest.raises(ConfigError, match="Job file /no/such.yaml does not exist"):
+    with pytest.raises(ConfigError, match=r"Job file /no/such.yaml does not exist"):
         load_job("/no/such.yaml")
 
 

@@ -26,7 +26,7 @@ def _events(n: int = 3_000) -> ak.Array:
     })
 
 
-def _plan(**changes) -> PartitionPlan:  # noqa: ANN003
+def _plan(**changes) -> PartitionPlan:
     spec = FeatureSpec(flat=["MET_pt"], collections={"Jet": Collection("Jet", ["pt"], n=3)})
     options = {"spec": spec, "cut": "MET_pt > 15 and count(Jet_pt) >= 1",
                "weight_branch": "w", "id_branches": ("run", "event"), "fractions": (0.6, 0.2),

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _run(cmd: list[str], cwd: Path, **kw: object) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MLAAS_CLUSTERS")}
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=600, **kw)  # type: ignore[call-overload]
+                          timeout=600, check=False, **kw)  # type: ignore[call-overload]
 
 
 @pytest.fixture(scope="module")

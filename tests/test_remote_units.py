@@ -63,7 +63,7 @@ class Status(Exception):
         self.message = message
 
 
-@pytest.mark.parametrize(("error", "transient", "cause"), [
+@pytest.mark.parametrize("error,transient,cause", [
     (ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"), True, "refused"),
     (ConnectionResetError(errno.ECONNRESET, "reset by peer"), True, "reset"),
     (TimeoutError("timed out"), True, "timed out"),

@@ -30,7 +30,7 @@ Examples:
 """
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "serve",
         help="serve model bundles over HTTP (Open Inference Protocol + raw events)",

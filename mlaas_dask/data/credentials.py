@@ -174,7 +174,7 @@ def _plugin_class() -> type:
             folder = os.path.join(getattr(worker, "local_directory", None) or "/tmp",
                                   "mlaas-credentials")
             os.makedirs(folder, mode=0o700, exist_ok=True)
-            values: dict[str, str | None] = {}
+            values: dict[str, str] = {}
             if creds.proxy:
                 values["X509_USER_PROXY"] = self._write(folder, "x509_proxy", creds.proxy)
                 remember_secret(creds.proxy)
@@ -188,7 +188,7 @@ def _plugin_class() -> type:
             for key, value in values.items():
                 self._saved.setdefault(key, os.environ.get(key))
                 os.environ[key] = value
-            _ssl_context.cache_clear()
+            _ssl_cache.clear()
 
         def _write(self, folder: str, name: str, data: bytes) -> str:
             path = os.path.join(folder, name)
@@ -209,7 +209,7 @@ def _plugin_class() -> type:
             for path in self._files:
                 with contextlib.suppress(OSError):
                     os.remove(path)
-            _ssl_context.cache_clear()
+            _ssl_cache.clear()
 
     return CredentialsPlugin
 
@@ -262,9 +262,6 @@ def _ssl_context() -> ssl.SSLContext:
     with _lock:
         _ssl_cache[key] = context
     return context
-
-
-_ssl_context.cache_clear = _ssl_cache.clear  # type: ignore[attr-defined]
 
 
 def ssl_context() -> ssl.SSLContext:

@@ -392,7 +392,7 @@ class Dataset:
             files[info.where] = {"object_path": self.tree, "steps": steps}
             if info.where.startswith("root://"):
                 # only the timeout: TLS contexts and tokens must not go into a task graph
-                options["timeout"] = max(1, int(round(self.policy.timeout)))
+                options["timeout"] = max(1, round(self.policy.timeout))
         return uproot.dask(
             files,
             filter_name=self.branches,
@@ -470,7 +470,7 @@ def _read_metadata(path: str, url: str, group: int, tree: str, branches: Sequenc
         handle = open_root(url, policy, fresh)
     except (FileNotFoundError, PermissionError):
         raise
-    except Exception as err:  # noqa: BLE001 - uproot raises many kinds for bad files
+    except Exception as err:  # uproot raises many kinds for bad files
         from mlaas_dask.data.remote import classify
 
         transient, _ = classify(err)
@@ -492,7 +492,7 @@ def _read_metadata(path: str, url: str, group: int, tree: str, branches: Sequenc
                     types[branch] = ttree[branch].typename
                     jagged[branch] = _is_jagged(ttree[branch])
             entries = int(ttree.num_entries)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             from mlaas_dask.data.remote import classify
 
             if classify(err)[0]:

@@ -81,9 +81,8 @@ class ReadPolicy:
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Backoff before retry number ``attempt`` (1-based): exponential, with jitter
         between half and all of it."""
-        rng = rng or random
         ceiling = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
-        return ceiling / 2 + rng.uniform(0, ceiling / 2)
+        return ceiling / 2 + (rng or random).uniform(0, ceiling / 2)
 
     def describe(self) -> dict[str, Any]:
         return {"redirectors": [scrub(r) for r in self.redirectors], "timeout": self.timeout,
@@ -234,7 +233,7 @@ def _cause(err: BaseException) -> str:
                    429: "server busy", 503: "server busy / unavailable"}.get(status)
         return scrub(f"{text} ({meaning})" if meaning else text)
     name = type(err).__name__
-    if name == "ClientConnectorError" or name == "ClientConnectorCertificateError":
+    if name in {"ClientConnectorError", "ClientConnectorCertificateError"}:
         inner = getattr(err, "os_error", None) or err.__cause__
         base = f"{name}: cannot connect ({first_line(inner) if inner else 'no connection'})"
         return scrub(base)
@@ -400,8 +399,8 @@ _xrootd_settings: tuple[int, ...] | None = None
 def _configure_xrootd(timeout: float) -> None:
     """Make the XRootD client fail fast and let us retry: by default it reconnects for
     minutes and, after a stream error, refuses to reconnect for half an hour."""
-    global _xrootd_settings
-    seconds = max(1, int(round(timeout)))
+    global _xrootd_settings  # noqa: PLW0603 - once per process, under _xrootd_lock
+    seconds = max(1, round(timeout))
     wanted = (seconds,)
     if _xrootd_settings == wanted:
         return
@@ -423,7 +422,7 @@ def open_options(url: str, policy: ReadPolicy) -> dict[str, Any]:
 
         require("fsspec_xrootd")
         _configure_xrootd(policy.timeout)
-        return {"timeout": max(1, int(round(policy.timeout)))}
+        return {"timeout": max(1, round(policy.timeout))}
     if url.startswith(("https://", "http://")):
         from mlaas_dask.extras import require
 

@@ -224,7 +224,7 @@ def event_counts(events: int, signal_fraction: float = 0.5,
         )
     if not isinstance(signal_fraction, int | float) or not 0.0 <= signal_fraction <= 1.0:
         raise MlaasError(f"signal_fraction must be between 0 and 1, not {signal_fraction!r}.")
-    n_signal = int(round(int(events) * float(signal_fraction)))
+    n_signal = round(int(events) * float(signal_fraction))
     totals = {"signal": n_signal, "background": int(events) - n_signal}
     return {name: _split(total, int(files_per_class)) for name, total in totals.items()}
 

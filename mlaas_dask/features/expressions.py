@@ -72,8 +72,8 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
 #: how many arguments each function takes (numpy's extra positional argument is ``out=``,
 #: which would write into the events)
 ARITY: dict[str, int] = {
-    **{name: 1 for name in FUNCTIONS},
-    **{name: 2 for name in ("arctan2", "hypot", "minimum", "maximum")},
+    **dict.fromkeys(FUNCTIONS, 1),
+    **dict.fromkeys(("arctan2", "hypot", "minimum", "maximum"), 2),
     "where": 3,
 }
 
@@ -89,8 +89,10 @@ _BINARY = {
     ast.BitOr: operator.or_,
     ast.BitXor: operator.xor,
 }
-_UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Not: np.logical_not,
-          ast.Invert: operator.invert}
+_UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {
+    ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Not: np.logical_not,
+    ast.Invert: operator.invert,
+}
 _COMPARE = {
     ast.Lt: operator.lt,
     ast.LtE: operator.le,
@@ -221,13 +223,13 @@ def _compile(node: ast.AST, names: set[str], expr: Expression, depth: int) -> Co
             return _fold(op, (operand.value,), node, expr)
         return lambda ns: op(operand(ns))
     if isinstance(node, ast.BoolOp):
-        op = operator.and_ if isinstance(node.op, ast.And) else operator.or_
+        join = operator.and_ if isinstance(node.op, ast.And) else operator.or_
         parts = [_compile(v, names, expr, depth) for v in node.values]
 
         def boolop(ns: Namespace) -> Any:
             result = parts[0](ns)
             for part in parts[1:]:
-                result = op(result, part(ns))
+                result = join(result, part(ns))
             return result
 
         return boolop

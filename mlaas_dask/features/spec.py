@@ -270,8 +270,9 @@ class FeatureSpec:
                         f"Cannot estimate n for collection {name!r}: no events were sampled.",
                         feature=name, key=f"collections.{name}.n")
                 n = estimate_n(counts, collection.quantile)
-                collection = dataclasses.replace(collection, n=n)
-            collections[name] = collection
+                collections[name] = dataclasses.replace(collection, n=n)
+            else:
+                collections[name] = collection
         return FeatureSpec(flat=list(self.flat), collections=collections,
                            derived=dict(self.derived))
 
@@ -297,7 +298,7 @@ class FeatureSpec:
         Non-finite values are counted in the kept events only.
         """
         if not self.is_resolved:
-            self.feature_names  # raises the explanation
+            _ = self.feature_names  # raises the explanation
         available = _field_names(events)
         missing = [b for b in self.branches() if b not in available]
         if missing:
@@ -323,7 +324,7 @@ class FeatureSpec:
             namespace = _LazyNamespace(events)
             for name, expression in self._derived.items():
                 value = _as_column(expression(namespace), n_events, f"derived feature {name!r}")
-                namespace.values[name] = value
+                namespace[name] = value
                 value = selection.take(value)
                 infinite = np.isinf(value)
                 if infinite.any():
@@ -420,17 +421,17 @@ class FeatureSpec:
         if not isinstance(blocks, Mapping):
             raise FeatureError("collections must map collection names to their settings.",
                                key="collections")
-        for name, spec in blocks.items():
-            if not isinstance(spec, Mapping):
+        for name, block in blocks.items():
+            if not isinstance(block, Mapping):
                 raise FeatureError(f"Collection {name!r} must be a mapping of settings, not "
-                                   f"{type(spec).__name__}.", feature=str(name),
+                                   f"{type(block).__name__}.", feature=str(name),
                                    key=f"collections.{name}")
-            unknown = sorted(set(spec) - _COLLECTION_KEYS)
+            unknown = sorted(set(block) - _COLLECTION_KEYS)
             if unknown:
                 raise FeatureError(f"Collection {name!r} has unknown keys {unknown}; allowed: "
                                    f"{', '.join(sorted(_COLLECTION_KEYS))}.", feature=str(name),
                                    key=f"collections.{name}.{unknown[0]}")
-            spec = dict(spec)
+            spec = dict(block)
             n = spec.pop("n", "auto")
             collections[name] = Collection(
                 name=name, n=None if n in (None, "auto") else n, **spec
@@ -518,19 +519,18 @@ def _mapped(value: Any, what: str) -> dict[Any, Any]:
 # -- helpers ------------------------------------------------------------------------------
 
 
-class _LazyNamespace(dict):  # type: ignore[type-arg]
+class _LazyNamespace(dict[str, Any]):
     """Branch lookup for derived expressions: flat branches as numpy, jagged as awkward."""
 
     def __init__(self, events: Any) -> None:
         super().__init__()
         self.events = events
-        self.values: dict[str, Any] = self
         self._names = set(_field_names(events))
 
     def __contains__(self, key: object) -> bool:
         return dict.__contains__(self, key) or key in self._names
 
-    def keys(self):  # type: ignore[override]
+    def keys(self) -> set[str]:  # type: ignore[override]
         return set(dict.keys(self)) | self._names
 
     def __missing__(self, key: str) -> Any:
@@ -585,8 +585,8 @@ def _flat_values(array: Any, name: str) -> np.ndarray:
         raise FeatureError(
             f"Branch {name!r} is jagged (a list per event, type {_type_name(array)}) but is "
             f"used as a flat feature. Put its collection under 'collections:' instead, e.g. "
-            f"collections: {{{name.split('_')[0]}: {{fields: [{name.partition('_')[2] or name}], "
-            f"n: 4}}}}.", feature=name, branch=name)
+            f"collections: {{{name.partition('_')[0]}: "
+            f"{{fields: [{name.partition('_')[2] or name}], n: 4}}}}.", feature=name, branch=name)
     import awkward as ak
 
     try:

@@ -397,7 +397,7 @@ def _endpoint(state: ServerState, label: str, handler: Handler, access: str) -> 
             response = error_response(CLIENT_CLOSED, "The client closed the connection.")
         except MlaasError as err:  # FeatureError, BundleError: the client's input
             response = error_response(400, str(err))
-        except Exception:  # noqa: BLE001 - logged; the server keeps serving
+        except Exception:  # logged; the server keeps serving
             log.exception("unexpected error in %s %s", request.method, request.url.path)
             response = error_response(500, "Internal server error; see the server log.")
         model, version = request.scope.get(_LABEL, ("", ""))
@@ -517,7 +517,7 @@ async def _load_models(state: ServerState) -> None:
     started = time.perf_counter()
     try:
         failures = await asyncio.to_thread(state.repo.load_all)
-    except Exception:  # noqa: BLE001 - the server still answers, with an empty repository
+    except Exception:  # the server still answers, with an empty repository
         log.exception("loading the repository %s failed", state.config.models)
         failures = []
     loaded = state.repo.loaded()
@@ -542,7 +542,7 @@ async def _poll(state: ServerState) -> None:
         try:
             if await asyncio.to_thread(state.repo.sync):
                 log.info("reloaded the repository after a change by another process")
-        except Exception:  # noqa: BLE001 - keep polling
+        except Exception:  # keep polling
             log.exception("repository sync failed")
 
 

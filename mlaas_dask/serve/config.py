@@ -310,9 +310,9 @@ class ServeConfig:
         "together", "--max-unpacked-mb", check=at_least(1), metavar="MB", scale=MB,
         group="upload limits")
     max_connections: int = setting(
-        default_connections(), "open connections beyond which requests get 503 at once and the longest-idle "
-        "kept-alive connection is closed; each is an open file, so they must fit the "
-        "open-file limit ('ulimit -Hn') with room to spare", "--max-connections",
+        default_connections(), "open connections beyond which requests get 503 at once and "
+        "the longest-idle kept-alive connection is closed; each is an open file, so they must "
+        "fit the open-file limit ('ulimit -Hn') with room to spare", "--max-connections",
         check=open_files, metavar="N", group="connection limits")
     header_timeout_s: float = setting(
         10.0, "seconds a client has to send its request line and headers, else 408 and the "

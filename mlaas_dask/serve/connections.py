@@ -134,9 +134,9 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: int, phrase: str, message: str) -> None:
         self._disarm()
-        client = "%s:%d" % self.client if self.client else "a client"
+        client = "{}:{:d}".format(*self.client) if self.client else "a client"
         log.debug("closing the connection of %s: %s", client, message)
-        body = ('{"error": "%s"}' % message).encode()
+        body = f'{{"error": "{message}"}}'.encode()
         self.transport.write(
             b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
             b"connection: close\r\n\r\n%s" % (status, phrase.encode(), len(body), body)

@@ -43,7 +43,7 @@ class Metrics:
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, queue_rows: Callable[[], float], models_loaded: Callable[[], float]):
+    def __init__(self, queue_rows: Callable[[], float], models_loaded: Callable[[], float]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
         self.requests = Counter(

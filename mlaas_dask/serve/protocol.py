@@ -228,7 +228,7 @@ def _read_tensor(
     name = tensor.get("name")
     datatype = tensor.get("datatype")
     dtype = DATATYPES.get(datatype) if isinstance(datatype, str) else None
-    if dtype is None:
+    if dtype is None or not isinstance(datatype, str):
         raise BadRequest(
             f"Input {name!r}: datatype {datatype!r} is not supported; use FP32 (or another "
             f"numeric type: {', '.join(DATATYPES)})."
@@ -364,11 +364,15 @@ def _first_bad(data: Any, datatype: str) -> str | None:
         value = stack.pop()
         if isinstance(value, list):
             stack.extend(reversed(value))
-        elif datatype == "BOOL" and not isinstance(value, bool):
-            return kind_of(value)
-        elif datatype != "BOOL" and (isinstance(value, bool) or not _is_number(value)):
+        elif _wrong_kind(value, datatype):
             return kind_of(value)
     return None
+
+
+def _wrong_kind(value: Any, datatype: str) -> bool:
+    if datatype == "BOOL":
+        return not isinstance(value, bool)
+    return isinstance(value, bool) or not _is_number(value)
 
 
 def _is_number(value: Any) -> bool:
@@ -381,8 +385,8 @@ def _requested_outputs(outputs: Any) -> list[tuple[str, bool | None]] | None:
     if not isinstance(outputs, list):
         raise BadRequest("'outputs' must be a list of {\"name\": ...} objects.")
     requested = []
-    for i, output in enumerate(outputs):
-        output = _expect_object(output, f"outputs[{i}]")
+    for i, entry in enumerate(outputs):
+        output = _expect_object(entry, f"outputs[{i}]")
         name = output.get("name")
         if not isinstance(name, str):
             raise BadRequest(f"outputs[{i}] needs a 'name' (a string).")

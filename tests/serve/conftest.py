@@ -84,7 +84,7 @@ def train_bundle(out: Path, classes: list[str], samples: list[str], rounds: int 
         model=bytes(booster.save_raw("ubj")),
         spec=spec,
         metadata={"classes": classes, "dataset": {"tree": "events", "id_branches": []}},
-        metrics={"auc": 0.5, "events": int(len(labels))},
+        metrics={"auc": 0.5, "events": len(labels)},
     )
     return Trained(out, spec, events, matrix, labels)
 
@@ -110,7 +110,7 @@ def train_sklearn_bundle(out: Path, xgb: Trained) -> Trained:
         out, model=data, model_file=model_file, spec=xgb.spec,
         metadata={"classes": ["background", "signal"], "dataset": {"tree": "events",
                                                                   "id_branches": []}},
-        metrics={"auc": 0.5, "events": int(len(labels))},
+        metrics={"auc": 0.5, "events": len(labels)},
         extra_files={"preprocess.json": json.dumps(preprocess.to_dict()).encode()},
     )
     return Trained(out, xgb.spec, xgb.events, xgb.matrix, labels)

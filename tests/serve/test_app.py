@@ -203,7 +203,7 @@ BAD_REQUESTS = [
 ]
 
 
-@pytest.mark.parametrize(("method", "path", "body", "headers", "status", "message"),
+@pytest.mark.parametrize("method,path,body,headers,status,message",
                          BAD_REQUESTS, ids=[f"{r[4]}-{r[5][:40]}" for r in BAD_REQUESTS])
 def test_bad_input_is_a_4xx_with_a_message(app_client, method, path, body, headers, status,
                                            message):
@@ -305,14 +305,14 @@ def test_delete_version_and_model(app_client, make_repo):
         client.delete("hep", 2)
     client.delete("hep")
     assert not (repo / "hep").exists()
-    with pytest.raises(ServerError, match="Unknown model 'hep'.*repository is empty"):
+    with pytest.raises(ServerError, match=r"Unknown model 'hep'.*repository is empty"):
         client.metadata("hep")
 
 
 def test_unload_and_load(app_client):
     client = Client(http=app_client, token=TOKEN)
     client.unload("hep")
-    with pytest.raises(ServerError, match="is in the repository but was unloaded. Load it"):
+    with pytest.raises(ServerError, match=r"is in the repository but was unloaded. Load it"):
         client.score_events("hep", [event()])
     assert {r["state"] for r in client.index()} == {"UNAVAILABLE"}
     assert client.index(ready_only=True) == []
@@ -361,7 +361,7 @@ UNSAFE = [
 ]
 
 
-@pytest.mark.parametrize(("archive", "status", "message"), UNSAFE,
+@pytest.mark.parametrize("archive,status,message", UNSAFE,
                          ids=["absolute", "dotdot", "symlink", "device", "deep", "garbage",
                               "members", "incomplete"])
 def test_unsafe_or_broken_uploads_are_refused(app_client, archive, status, message):

@@ -47,7 +47,7 @@ def _chained_long_names(count: int) -> bytes:
     return gzip.compress(raw)
 
 
-@pytest.mark.parametrize(("archive", "error", "message"), [
+@pytest.mark.parametrize("archive,error,message", [
     (_tgz([_file("b/x", comment="c" * 100_000)]), ArchiveError,
      "an extended \\(pax or long-name\\) header of 100\\d\\d\\d bytes; at most 65536"),
     (_chained_long_names(6), ArchiveError, "more than 4 extended .* headers in a row"),

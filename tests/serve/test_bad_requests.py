@@ -72,7 +72,7 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize(("body", "message"), BAD, ids=[m[:30] for _, m in BAD])
+@pytest.mark.parametrize("body,message", BAD, ids=[m[:30] for _, m in BAD])
 def test_malformed_requests_are_400(http: httpx.Client, body: dict, message: str):
     assert re.search(message, error_of(http.post(INFER, json=body))), message
 
@@ -97,8 +97,8 @@ def test_integers_out_of_their_datatype_are_refused(http: httpx.Client, datatype
     assert ok.status_code == 200, ok.text
     for value in (low - 1, high + 1):
         message = error_of(http.post(INFER, json=tensor([1, F], [value] * F, datatype)))
-        assert message.startswith(f"Input 'features': 'data' holds {value}") or \
-            message.startswith(f"Input 'features': 'data' holds {float(value)}"), message
+        assert message.startswith((f"Input 'features': 'data' holds {value}",
+                                   f"Input 'features': 'data' holds {float(value)}")), message
         assert f"out of the range of {datatype} ({low} to {high})" in message
 
 
@@ -110,7 +110,7 @@ def test_int8_300_and_uint8_minus_one(http: httpx.Client):
         http.post(INFER, json=tensor([1, F], [-1] + [0] * (F - 1), "UINT8")))
 
 
-@pytest.mark.parametrize(("datatype", "value", "message"), [
+@pytest.mark.parametrize("datatype,value,message", [
     ("BOOL", 2, "'data' holds a number but the datatype is BOOL"),
     ("BOOL", 1, "'data' holds a number but the datatype is BOOL"),
     ("FP16", 70000.0, "70000.0 is beyond the range of FP16"),
@@ -167,7 +167,7 @@ def test_client_disconnecting_mid_body_is_a_client_abort(live_server: LiveServer
 # -- names and versions ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("path", "message"), [
+@pytest.mark.parametrize("path,message", [
     ("/v2/repository/models/nl%0A/upload", r"Invalid model name 'nl\\n'"),
     ("/v2/repository/models/hep/upload?version=2%0A", r"Invalid model version '2\\n'"),
     ("/v2/repository/models/nl%0A/load", r"Invalid model name 'nl\\n'"),

@@ -46,7 +46,7 @@ def test_spec_on_json_events_equals_spec_on_file_events(trained: Trained):
 
 
 @pytest.mark.parametrize(
-    ("payload", "error", "message"),
+    "payload,error,message",
     [
         ([1, 2], BadRequest, 'Send events as {"events": '),
         ({"events": [], "columns": {}}, BadRequest, "Send events as"),

@@ -18,7 +18,7 @@ from .conftest import TOKEN, Trained
 FUZZER = Path(__file__).resolve().parents[2] / "benchmarks" / "fuzz_serve.py"
 
 
-def _fuzzer():  # noqa: ANN202 - the benchmark script, as a module
+def _fuzzer():  # the benchmark script, as a module
     spec = importlib.util.spec_from_file_location("fuzz_serve", FUZZER)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -19,9 +19,9 @@ import pytest
 from mlaas_dask.bundle import ModelBundle
 from mlaas_dask.client import Client, ServerError
 from mlaas_dask.errors import MlaasError
-from servers import stop_process
 
 from .conftest import AUTH, TOKEN, TUTORIAL, LiveServer, Trained, read_events, wait_ready
+from servers import stop_process
 
 
 def test_httpx_events_and_infer(live_server: LiveServer, trained: Trained):

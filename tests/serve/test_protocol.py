@@ -82,7 +82,7 @@ def test_multiclass_scores_become_one_output_per_class():
 
 
 @pytest.mark.parametrize(
-    ("body", "header", "message"),
+    "body,header,message",
     [
         (b"{not json", None, "The request body is not valid JSON"),
         (b'{"inputs": [{"data": [NaN]}]}', None, "NaN and Infinity are not JSON"),
