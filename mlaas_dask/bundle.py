@@ -6,6 +6,9 @@ A bundle is a directory (or its ``.tar.gz``)::
     model.skops      a scikit-learn model (skops: loaded only with a list of safe types),
                      with preprocess.json (NaN replacement and scaling), or
     model.pkl        a pickle-only model: usable locally on request, refused by the server
+    model.onnx       a neural network (ONNX, scored with onnxruntime: probabilities are
+                     part of its graph), with preprocess.json and its weights as
+                     weights.safetensors (for further training; never a pickle)
     features.json    the FeatureSpec
     metrics.json     test AUC, events per class and split, seconds per stage
     metadata.json    inputs, package versions, data summary, classes
@@ -49,8 +52,12 @@ from mlaas_dask.outputs import (
 MODEL_FILE = "model.ubj"
 SKOPS_FILE = "model.skops"
 PICKLE_FILE = "model.pkl"
+#: a neural network as ONNX, and its weights (safetensors) for further training
+ONNX_FILE = "model.onnx"
+WEIGHTS_FILE = "weights.safetensors"
 #: model file -> kind, in order of preference
-MODEL_FILES = {MODEL_FILE: "xgboost", SKOPS_FILE: "sklearn", PICKLE_FILE: "pickle"}
+MODEL_FILES = {MODEL_FILE: "xgboost", SKOPS_FILE: "sklearn", ONNX_FILE: "onnx",
+               PICKLE_FILE: "pickle"}
 #: marks a complete bundle (written last): inputs, versions, classes, the files written
 METADATA_FILE = "metadata.json"
 #: test AUC, events per class and split, seconds per stage
@@ -60,6 +67,8 @@ USER_MODEL_FILE = "user_model.py"
 #: the plots of the test split
 ROC_PLOT = "roc.png"
 SCORES_PLOT = "scores.png"
+#: a network's loss per epoch, train vs validation
+LEARNING_CURVE_PLOT = "learning_curve.png"
 REQUIRED_FILES = (FEATURES_FILE, METADATA_FILE, METRICS_FILE)
 BUNDLE_FORMAT = "mlaas_dask.bundle/1"
 #: metadata.json key listing the files the bundle wrote (what --overwrite may replace)
@@ -81,7 +90,7 @@ class ModelBundle:
     classes
         Class names, in label order; a binary model has two and scores the second.
     kind
-        ``xgboost``, ``sklearn`` or ``pickle``.
+        ``xgboost``, ``sklearn``, ``onnx`` (a neural network) or ``pickle``.
     preprocess
         NaN replacement and scaling applied before the model (non-XGBoost models).
     """
@@ -168,6 +177,8 @@ class ModelBundle:
             model = _load_xgboost(model_file, spec)
         elif kind == "sklearn":
             model = _load_skops(model_file, trusted_types, spec)
+        elif kind == "onnx":
+            model = _load_onnx(model_file, spec, len(metadata.get("classes", [0, 1])))
         else:
             model = _load_pickle(model_file, allow_pickle)
         preprocess = _read_preprocess(path, spec)
@@ -189,6 +200,9 @@ class ModelBundle:
             matrix = self.preprocess.apply(matrix)
         if self.kind == "xgboost":
             return np.asarray(self.model.inplace_predict(matrix, missing=np.nan))
+        if self.kind == "onnx":
+            scores = self.model.predict(matrix)
+            return np.ascontiguousarray(scores[:, 0] if self.is_binary else scores)
         probabilities = np.asarray(self.model.predict_proba(matrix), dtype=np.float32)
         return np.ascontiguousarray(probabilities[:, 1] if self.is_binary else probabilities)
 
@@ -348,6 +362,82 @@ def _check_scores(model: Any, spec: FeatureSpec, model_file: Path) -> None:
                           "expected one column per class. Retrain the bundle.", **at)
 
 
+class OnnxModel:
+    """An ONNX network scored by onnxruntime: one float32 input ``(n, features)``, one
+    output of probabilities ``(n, 1)`` (binary) or ``(n, classes)``.
+
+    Picklable (the bytes travel, e.g. to Dask workers for ``mlaas predict``); each
+    process opens its own session, with ``MLAAS_PREDICT_THREADS`` threads (1 by default,
+    as XGBoost bundles: the server and the workers run several predictions at once).
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self._session: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"data": self.data}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.data, self._session = state["data"], None
+
+    @property
+    def session(self) -> Any:
+        if self._session is None:
+            import onnxruntime
+
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = int(os.environ.get("MLAAS_PREDICT_THREADS", "0")) or 1
+            options.inter_op_num_threads = 1
+            options.log_severity_level = 3
+            self._session = onnxruntime.InferenceSession(
+                self.data, sess_options=options, providers=["CPUExecutionProvider"])
+        return self._session
+
+    def predict(self, matrix: np.ndarray) -> np.ndarray:
+        """Probabilities for a preprocessed float32 matrix."""
+        session = self.session
+        name = session.get_inputs()[0].name
+        return np.asarray(session.run(None, {name: np.ascontiguousarray(matrix, np.float32)})[0],
+                          dtype=np.float32)
+
+
+def _load_onnx(model_file: Path, spec: FeatureSpec, n_classes: int) -> OnnxModel:
+    """An ONNX model that onnxruntime opens and that scores the bundle's features with
+    one probability per class (one for binary)."""
+    where, at = _where(model_file)
+    model = OnnxModel(model_file.read_bytes())
+    try:
+        session = model.session
+    except ImportError:
+        from mlaas_dask.errors import MissingExtra
+
+        raise MissingExtra(f"{where}: onnxruntime is needed to score ONNX models but is not "
+                           "installed.\nInstall it with:  pip install onnxruntime",
+                           module="onnxruntime") from None
+    except Exception as err:  # noqa: BLE001 - onnxruntime's errors for a bad file vary
+        raise BundleError(f"{where} is not a readable ONNX model ({first_line(err)}). "
+                          "Retrain or re-export the bundle.", **at) from None
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or len(outputs) < 1:
+        raise BundleError(f"{where} has {len(inputs)} inputs and {len(outputs)} outputs; a "
+                          "bundle's network takes one feature matrix and gives probabilities.",
+                          **at)
+    width = 1 if n_classes == 2 else n_classes
+    try:
+        scores = model.predict(np.zeros((2, spec.n_features), np.float32))
+    except Exception as err:  # noqa: BLE001 - whatever the graph raises
+        raise BundleError(
+            f"{where} cannot score the {spec.n_features} features that {FEATURES_FILE} "
+            f"describes ({first_line(err)}). The bundle is inconsistent; retrain it.",
+            **at) from None
+    if scores.shape != (2, width):
+        raise BundleError(f"{where} gives scores of shape {scores.shape[1:]} per event; "
+                          f"expected {width} for {n_classes} classes. Retrain the bundle.",
+                          **at)
+    return model
+
+
 def _load_pickle(model_file: Path, allow_pickle: bool) -> Any:
     if not allow_pickle:
         raise BundleError(
@@ -487,7 +577,8 @@ def _own_files(bundle: Path) -> set[str]:
     listed = _read_json(bundle / METADATA_FILE).get(BUNDLE_FILES_KEY)
     if isinstance(listed, list):
         return plain_names(listed)
-    known = {*MODEL_FILES, *REQUIRED_FILES, PREPROCESS_FILE, USER_MODEL_FILE, *LEGACY_PLOTS}
+    known = {*MODEL_FILES, *REQUIRED_FILES, PREPROCESS_FILE, USER_MODEL_FILE, *LEGACY_PLOTS,
+             WEIGHTS_FILE, LEARNING_CURVE_PLOT}
     return {name for name in known if (bundle / name).is_file()}
 
 

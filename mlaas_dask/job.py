@@ -134,27 +134,49 @@ FEATURES_SCHEMA = {
 }
 
 MODEL_SCHEMA = {
-    "kind": Field((str,), "the model type (default: sklearn when class or file is given, "
-                  "else xgboost)", choices=("xgboost", "sklearn")),
+    "kind": Field((str,), "the model type (default: xgboost; with 'class', sklearn; with "
+                  "'file', detected from what the file imports: torch, keras or sklearn)",
+                  choices=("xgboost", "sklearn", "torch", "keras")),
     "class": Field((str,), "an importable estimator class, e.g. "
                    "sklearn.linear_model.SGDClassifier"),
     "file": Field((str,), "a Python file defining model() or model(n_features) that "
-                  "returns an estimator (MLaaS4HEP style)"),
-    "epochs": Field((int,), "passes over the partitions for partial_fit models", default=5,
-                    check=positive),
+                  "returns an estimator, a torch.nn.Module or a Keras model (MLaaS4HEP "
+                  "style)"),
+    "epochs": Field((int,), "passes over the training data (partial_fit models, neural "
+                    "networks)", default=5, check=positive),
+    "batch_size": Field((int,), "events per training batch (neural networks)", default=256,
+                        check=positive),
+    "learning_rate": Field(NUMBER, "the optimizer's learning rate (neural networks)",
+                           default=1e-3, check=positive),
+    "optimizer": Field((str,), "the optimizer (neural networks; a file's "
+                       "optimizer(params) overrides it)", default="adam",
+                       choices=("adam", "adamw", "sgd")),
+    "weight_decay": Field(NUMBER, "L2 weight decay of the optimizer (neural networks)",
+                          default=0.0, check=non_negative),
+    "lr_schedule": Field((str,), "learning-rate schedule over the epochs (neural networks)",
+                         default="none", choices=("none", "cosine", "step", "plateau")),
+    "seed": Field((int,), "seed of the weights' initialisation and the batch order "
+                  "(neural networks)", default=0),
+    "stream": Field((bool,), "fetch the training blocks again every epoch, memory bounded "
+                    "by the prefetch depth, instead of holding them on the training "
+                    "worker (neural networks; also chosen when they do not fit)",
+                    default=False),
+    "outputs": Field((str,), "what the network gives: logits or probabilities (neural "
+                     "networks; detected when left out)", choices=("logits", "probabilities")),
     "sample_size": Field((int,), "events used to fit models without partial_fit",
                          default=500_000, check=positive),
     "scale": Field((bool,), "standard-scale features (fitted on the training split) for "
                    "non-XGBoost models", default=True),
     "fill_value": Field(NUMBER, "value replacing NaN (missing objects) for non-XGBoost "
                         "models", default=0.0),
-    "device": Field((str,), "where XGBoost trains", default="auto",
+    "device": Field((str,), "where XGBoost or the network trains", default="auto",
                     choices=("auto", "cpu", "cuda")),
     "params": Field((dict,), "XGBoost parameters (max_depth, eta, ...)", default={}),
     "num_boost_round": Field((int,), "maximum boosting rounds", default=300,
                              check=positive),
-    "early_stopping_rounds": Field((int,), "stop after this many rounds without "
-                                   "improvement on the validation split", default=20),
+    "early_stopping_rounds": Field((int,), "stop after this many rounds (epochs for "
+                                   "neural networks) without improvement on the validation "
+                                   "split", default=20),
     "balance_classes": Field((bool,), "reweight classes to equal total weight",
                              default=True),
     "checkpoint_every": Field((int,), "boosting rounds (XGBoost) or training blocks "
@@ -304,6 +326,14 @@ class ModelConfig:
     checkpoint_every: int = 10
     max_retries: int = 2
     collective_timeout: int = 300
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    lr_schedule: str = "none"
+    seed: int = 0
+    stream: bool = False
+    outputs: str | None = None
 
 
 @dataclass
@@ -441,7 +471,7 @@ def job_from_dict(data: Any, validator: Validator, base: Path) -> Job:
 def _model_config(model: dict[str, Any], validator: Validator, base: Path) -> ModelConfig:
     model = dict(model)
     estimator_class, file = model.pop("class"), model.pop("file")
-    kind = model.pop("kind") or ("sklearn" if estimator_class or file else "xgboost")
+    kind = _model_kind(model.pop("kind"), estimator_class, file, validator, base)
     if kind == "sklearn" and bool(estimator_class) == bool(file):
         raise validator.error(("model",), "a sklearn model needs exactly one of 'class' "
                               "(e.g. class: sklearn.linear_model.SGDClassifier) or 'file' "
@@ -451,6 +481,24 @@ def _model_config(model: dict[str, Any], validator: Validator, base: Path) -> Mo
                               "use kind: sklearn for your own estimator.")
     return ModelConfig(kind=kind, estimator_class=estimator_class,
                        file=_resolve(file, base) if file else None, **model)
+
+
+def _model_kind(kind: str | None, estimator_class: str | None, file: str | None,
+                validator: Validator, base: Path) -> str:
+    """The model kind: as given, else detected from the model file (torch, keras or
+    sklearn), else sklearn for a class and xgboost without either."""
+    if kind in ("torch", "keras") and (estimator_class or not file):
+        raise validator.error(("model",), f"a {kind} model needs 'file' (a Python file "
+                              "defining model(n_features) that returns the network) and no "
+                              "'class'.")
+    if kind is None and file and not estimator_class:
+        from mlaas_dask.nn.modelfile import detect_kind
+
+        try:
+            return detect_kind(_resolve(file, base))
+        except ConfigError as err:
+            raise validator.error(("model", "file"), str(err)) from None
+    return kind or ("sklearn" if estimator_class or file else "xgboost")
 
 
 def _cache_settings(cache: Any, base: Path) -> dict[str, Any]:
