@@ -59,6 +59,15 @@ def test_wheel_ships_cluster_files(wheel_venv: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_wheel_ships_py_typed(wheel_venv: Path, tmp_path: Path) -> None:
+    """Type checkers read the installed package's annotations (PEP 561's marker)."""
+    found = _run([str(wheel_venv / "bin" / "python"), "-c",
+                  "import importlib.resources as r; "
+                  "print(r.files('mlaas_dask').joinpath('py.typed').is_file())"], cwd=tmp_path)
+    assert found.stdout.strip() == "True", found.stdout + found.stderr
+
+
+@pytest.mark.slow
 def test_wheel_trains(wheel_venv: Path, tmp_path: Path) -> None:
     mlaas = str(wheel_venv / "bin" / "mlaas")
     sample = _run([mlaas, "sample", "--out", "data", "--events", "4000"], cwd=tmp_path)
