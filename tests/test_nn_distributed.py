@@ -1,0 +1,183 @@
+"""Data-parallel training through Dask (issue 12, item 3): torch.distributed ranks launched
+by mlaas_dask.nn.distributed.run_ranks on a real LocalCluster of two worker processes
+(gloo), a failing rank and a killed worker ending the job with a message, and the
+partition assignment and step counts that keep the ranks in step."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from mlaas_dask.nn.distributed import (  # noqa: E402 - after the importorskip
+    RankContext,
+    RankFailed,
+    assign_partitions,
+    parameter_digest,
+    run_ranks,
+    steps_per_epoch,
+    wrap_ddp,
+)
+
+
+def own_cluster() -> Iterator[Any]:
+    """Two single-threaded worker processes of this module's own."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None, silence_logs=50) as local, \
+            Client(local) as client:
+        client.wait_for_workers(2)
+        client.run(torch.set_num_threads, 1)
+        yield client
+
+
+cluster = pytest.fixture(scope="module")(own_cluster)
+#: for tests that kill a worker
+fresh_cluster = pytest.fixture(own_cluster)
+
+
+def workers_of(client: Any) -> list[str]:
+    return sorted(client.scheduler_info()["workers"])
+
+
+def sum_of_ranks(context: RankContext, offset: int) -> dict[str, Any]:
+    import torch.distributed as dist
+
+    value = torch.tensor([float(context.rank + offset)])
+    dist.all_reduce(value, group=context.group)
+    return {"rank": context.rank, "world": context.world, "sum": value.item(),
+            "pid": os.getpid(), "worker": context.worker}
+
+
+def test_every_rank_runs_on_its_worker_and_the_collective_works(cluster: Any) -> None:
+    workers = workers_of(cluster)
+    results = run_ranks(cluster, workers, sum_of_ranks, 10, timeout=60)
+    assert [r["rank"] for r in results] == [0, 1]
+    assert [r["worker"] for r in results] == workers
+    assert {r["world"] for r in results} == {2}
+    assert {r["sum"] for r in results} == {10.0 + 11.0}
+    assert len({r["pid"] for r in results}) == 2  # two processes, not two threads
+    # the group was destroyed: the same workers form a new one at once
+    again = run_ranks(cluster, workers[::-1], sum_of_ranks, 0, timeout=60)
+    assert [r["worker"] for r in again] == workers[::-1]
+    assert {r["sum"] for r in again} == {1.0}
+
+
+def train_ddp(context: RankContext, epochs: int, steps: int) -> dict[str, Any]:
+    """A small model trained by DDP on data of this rank only; its digests per epoch."""
+    torch.manual_seed(context.rank)  # different initial weights: DDP must broadcast
+    model = wrap_ddp(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(),
+                                         torch.nn.Linear(8, 1)), context)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    generator = torch.Generator().manual_seed(100 + context.rank)
+    digests, done = [parameter_digest(model)], 0
+    for _ in range(epochs):
+        for _ in range(steps):
+            x = torch.randn(16, 4, generator=generator)
+            loss = torch.nn.functional.mse_loss(model(x), x.sum(1, keepdim=True))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            done += 1
+        digests.append(parameter_digest(model))
+    return {"steps": done, "digests": digests}
+
+
+def test_ddp_ranks_train_different_data_and_stay_equal(cluster: Any) -> None:
+    results = run_ranks(cluster, workers_of(cluster), train_ddp, 3, 5, timeout=60)
+    assert [r["steps"] for r in results] == [15, 15]
+    first, second = (r["digests"] for r in results)
+    assert first == second  # the same parameters on both ranks, after every epoch
+    assert len(set(first)) == 4  # and they changed every epoch
+
+
+def fail_on_rank_one(context: RankContext) -> None:
+    import torch.distributed as dist
+
+    if context.rank == 1:
+        raise ValueError("the loss is NaN at epoch 2")
+    dist.all_reduce(torch.ones(1), group=context.group)  # waits for rank 1, which left
+
+
+def test_a_failing_rank_fails_the_job_naming_its_worker_and_cause(cluster: Any) -> None:
+    workers = workers_of(cluster)
+    with pytest.raises(RankFailed) as caught:
+        run_ranks(cluster, workers, fail_on_rank_one, timeout=60)
+    message = str(caught.value)
+    assert "rank 1 of 2" in message and workers[1] in message
+    assert "ValueError: the loss is NaN at epoch 2" in message
+    assert caught.value.rank == 1 and workers[1] in caught.value.worker
+    # rank 0 left its group too: the workers take part in the next job
+    assert {r["sum"] for r in run_ranks(cluster, workers, sum_of_ranks, 0, timeout=60)} == {1.0}
+
+
+def die_on_rank_one(context: RankContext) -> None:
+    import torch.distributed as dist
+
+    dist.all_reduce(torch.ones(1), group=context.group)
+    if context.rank == 1:
+        os.kill(os.getpid(), signal.SIGKILL)  # the worker process dies mid-training
+    dist.all_reduce(torch.ones(1), group=context.group)
+
+
+def test_a_killed_worker_fails_the_job_without_a_hang(fresh_cluster: Any) -> None:
+    workers = workers_of(fresh_cluster)
+    with pytest.raises(RankFailed) as caught:
+        run_ranks(fresh_cluster, workers, die_on_rank_one, timeout=120)
+    message = str(caught.value)
+    assert "rank 1 of 2 on worker" in message and workers[1] in message
+    assert "left the cluster" in message and "no bundle was written" in message
+
+
+def test_workers_that_cannot_be_ranks_are_refused(cluster: Any) -> None:
+    from mlaas_dask.errors import ConfigError
+
+    workers = workers_of(cluster)
+    with pytest.raises(ConfigError, match="takes each worker once"):
+        run_ranks(cluster, [workers[0], workers[0]], sum_of_ranks, 0)
+    with pytest.raises(ConfigError, match=r"tcp://127\.0\.0\.1:1 is not a worker"):
+        run_ranks(cluster, ["tcp://127.0.0.1:1"], sum_of_ranks, 0)
+
+
+def test_rendezvous_waits_no_longer_than_the_timeout(cluster: Any) -> None:
+    """A rank whose peer never arrives (its worker is busy) fails after the timeout, and
+    the rank still queued is cancelled."""
+    workers = workers_of(cluster)
+    blocker = cluster.submit(_sleep, 8, workers=[workers[1]], pure=False)
+    with pytest.raises(RankFailed) as caught:
+        run_ranks(cluster, workers, sum_of_ranks, 0, timeout=2)
+    assert "rank 0 of 2" in str(caught.value) and workers[0] in str(caught.value)
+    assert "model.collective_timeout" in str(caught.value)
+    blocker.result()  # the worker is free again for the next test
+
+
+def _sleep(seconds: float) -> None:
+    import time
+
+    time.sleep(seconds)
+
+
+def test_partitions_stay_where_they_are_unless_that_unbalances_the_ranks() -> None:
+    a, b, reader = "tcp://a:1", "tcp://b:1", "tcp://reader:1"
+    # balanced already: nothing moves
+    assert assign_partitions([a, b, a, b], [10, 10, 10, 10], [a, b]) == [[0, 2], [1, 3]]
+    # all on a: half of the rows move to b, the fewest partitions that do it
+    parts = assign_partitions([a, a, a, a], [10, 10, 10, 10], [a, b])
+    assert sorted(map(len, parts)) == [2, 2]
+    # held by a worker that is not a rank, or by none: to the rank with fewer rows
+    assert assign_partitions([a, reader, None], [30, 20, 10], [a, b]) == [[0], [1, 2]]
+    # one big partition cannot be split: it stays
+    assert assign_partitions([a, b], [100, 1], [a, b]) == [[0], [1]]
+    assert assign_partitions([a], [5], [a]) == [[0]]
+
+
+def test_every_rank_gets_the_steps_of_the_rank_with_most_rows() -> None:
+    assert steps_per_epoch([1000, 900], 100) == 10
+    assert steps_per_epoch([1001, 10], 100) == 11
+    assert steps_per_epoch([0, 0], 100) == 0
