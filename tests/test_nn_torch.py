@@ -1,0 +1,277 @@
+"""PyTorch model files end to end on a real LocalCluster with worker processes: ``mlaas
+train`` -> an ONNX bundle whose scores equal torch's, ``mlaas predict`` and the server
+(events endpoint, OIP JSON and binary) on it, and every bad input with its message."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlaas_dask.bundle import ModelBundle
+from mlaas_dask.cli import main
+from mlaas_dask.errors import ConfigError, MlaasError
+from mlaas_dask.job import job_from_text
+from mlaas_dask.train import train
+
+from test_models import events_of, sample_job
+
+pytestmark = pytest.mark.slow
+
+torch = pytest.importorskip("torch")
+
+MLP = '''\
+import torch
+
+
+def model(n_features):
+    return torch.nn.Sequential(torch.nn.Linear(n_features, 32), torch.nn.ReLU(),
+                               torch.nn.Linear(32, 32), torch.nn.ReLU(),
+                               torch.nn.Linear(32, 1))
+'''
+
+
+def torch_job(tmp_path: Path, source: str = MLP, settings: str = "epochs: 3, batch_size: 128",
+              n: int = 4000) -> Path:
+    (tmp_path / "net.py").write_text(textwrap.dedent(source))
+    job = tmp_path / "job.yaml"
+    job.write_text(sample_job(tmp_path, f"{{file: net.py, {settings}}}", n=n))
+    return job
+
+
+def train_cli(client, job: Path, out: Path, capsys) -> tuple[int, str, str]:  # noqa: ANN001
+    code = main(["train", str(job), "--cluster", client.scheduler.address, "--out", str(out),
+                 "--quiet"])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def torch_bundle(client, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A torch MLP trained through the CLI on the generated sample (module-wide)."""
+    tmp = tmp_path_factory.mktemp("torch")
+    job = torch_job(tmp)
+    code = main(["train", str(job), "--cluster", client.scheduler.address, "--out",
+                 str(tmp / "bundle"), "--quiet"])
+    assert code == 0
+    return tmp / "bundle"
+
+
+def by_torch(bundle: ModelBundle, matrix: np.ndarray) -> np.ndarray:
+    """The bundle's network rebuilt from its model file and safetensors weights, applied
+    with torch to the preprocessed matrix: the scores ONNX must reproduce."""
+    import importlib.util
+
+    from safetensors.torch import load_file
+
+    spec = importlib.util.spec_from_file_location("net_copy", bundle.path / "user_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    network = module.model(bundle.spec.n_features)
+    network.load_state_dict(load_file(bundle.path / "weights.safetensors"))
+    with torch.no_grad():
+        logits = network.eval()(torch.from_numpy(bundle.preprocess.apply(matrix)))
+    return torch.sigmoid(logits)[:, 0].numpy()
+
+
+def test_torch_mlp_trains_through_the_cli(torch_bundle: Path, tmp_path: Path) -> None:
+    names = sorted(p.name for p in torch_bundle.iterdir())
+    assert names == ["features.json", "learning_curve.png", "metadata.json", "metrics.json",
+                     "model.onnx", "preprocess.json", "roc.png", "scores.png",
+                     "user_model.py", "weights.safetensors"]
+    assert not [p for p in torch_bundle.parent.iterdir() if p.name.startswith(".")]
+    metrics = json.loads((torch_bundle / "metrics.json").read_text())
+    assert metrics["auc"] > 0.75  # MET shifted by 40 GeV: 0.5 would be no learning
+    assert metrics["epochs"] == 3 and len(metrics["history"]["train_loss"]) == 3
+    assert metrics["history"]["validation_auc"][-1] > 0.75
+    assert metrics["loader"]["mode"] == "memory"
+    model = json.loads((torch_bundle / "metadata.json").read_text())["model"]
+    assert model["kind"] == "torch" and model["file"] == "model.onnx"
+    assert model["opset"] >= 17 and model["outputs"] == "logits"
+    assert model["onnx_max_difference"] <= 1e-5
+    assert (torch_bundle / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_onnx_scores_equal_torch_scores(torch_bundle: Path) -> None:
+    bundle = ModelBundle.load(torch_bundle)
+    assert bundle.kind == "onnx"
+    events = events_of(torch_bundle.parent, "sig", bundle.spec)
+    matrix = bundle.spec.transform(events)
+    scores = bundle.predict_events(events)
+    assert scores.shape == (len(matrix),) and 0 < scores.min() and scores.max() < 1
+    np.testing.assert_allclose(scores, by_torch(bundle, matrix), rtol=0, atol=1e-5)
+
+
+def test_predict_cli_round_trip(capsys, client, torch_bundle: Path, tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    source = torch_bundle.parent / "bkg.root"
+    code = main(["predict", str(torch_bundle), str(source), "--out", str(tmp_path / "scores"),
+                 "--cluster", client.scheduler.address, "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    table = pq.read_table(tmp_path / "scores" / "scores.parquet").to_pandas()
+    bundle = ModelBundle.load(torch_bundle)
+    events = events_of(torch_bundle.parent, "bkg", bundle.spec)
+    expected = by_torch(bundle, bundle.spec.transform(events))
+    np.testing.assert_allclose(table.sort_values("entry")["score"].to_numpy(), expected,
+                               rtol=0, atol=1e-5)
+
+
+def test_server_round_trip(torch_bundle: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from mlaas_dask.client import Client
+    from mlaas_dask.serve import ServeConfig, create_app
+
+    from serve.conftest import TOKEN, run_uvicorn
+
+    shutil.copytree(torch_bundle, tmp_path / "repo" / "net" / "1")
+    app = create_app(ServeConfig(models=tmp_path / "repo", threads=2, poll_s=0), token=TOKEN)
+    bundle = ModelBundle.load(torch_bundle)
+    events = events_of(torch_bundle.parent, "sig", bundle.spec)[:500]
+    matrix = bundle.spec.transform(events)
+    expected = by_torch(bundle, matrix)
+    with run_uvicorn(app) as live, Client(live.url, token=TOKEN) as http:
+        np.testing.assert_allclose(http.score_events("net", events), expected, atol=1e-5)
+        binary = http.infer("net", matrix, binary=True)
+        np.testing.assert_allclose(binary["score"], expected, rtol=0, atol=1e-5)
+        dense = np.nan_to_num(matrix)  # JSON carries no NaN
+        json_scores = http.infer("net", dense, binary=False)["score"]
+        np.testing.assert_allclose(json_scores, by_torch(bundle, dense), rtol=0, atol=1e-5)
+
+
+THREE_CLASSES = '''\
+import torch
+
+
+def model(n_features):
+    return torch.nn.Sequential(torch.nn.Linear(n_features, 16), torch.nn.Tanh(),
+                               torch.nn.Linear(16, 3), torch.nn.Softmax(dim=1))
+'''
+
+
+def test_multiclass_network_with_probabilities(client, tmp_path: Path) -> None:
+    from conftest import write_events
+
+    torch_job(tmp_path, THREE_CLASSES, "epochs: 2, batch_size: 64, lr_schedule: cosine, "
+              "optimizer: adamw, early_stopping_rounds: 0")
+    rng = np.random.default_rng(5)
+    write_events(tmp_path / "third.root", n=4000, seed=3,
+                 extra={"MET_pt": (rng.exponential(30, 4000) + 90).astype(np.float32)})
+    text = (tmp_path / "job.yaml").read_text().replace(
+        "label: 1}", "label: 1}\n    - {name: third, files: [third.root], label: 2}")
+    job = job_from_text(text, base=tmp_path)
+    result = train(job, cluster=client, out=tmp_path / "b", progress=False)
+    assert result.metadata["model"]["outputs"] == "probabilities"
+    assert result.metrics["auc"] > 0.7
+    history = result.metrics["history"]["learning_rate"]
+    assert history[0] == pytest.approx(1e-3) and history[1] < history[0]  # cosine
+    bundle = ModelBundle.load(result.bundle)
+    scores = bundle.predict_events(events_of(tmp_path, "third", bundle.spec))
+    assert scores.shape == (4000, 3)
+    np.testing.assert_allclose(scores.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_early_stopping_restores_the_best_epoch(client, tmp_path: Path) -> None:
+    # a learning rate far too high for SGD with momentum: the validation loss stops
+    # improving within a few epochs, and the bundle holds the best epoch, not the last
+    torch_job(tmp_path, settings="epochs: 12, batch_size: 64, optimizer: sgd, "
+                                 "learning_rate: 0.5, early_stopping_rounds: 2")
+    job = job_from_text((tmp_path / "job.yaml").read_text(), base=tmp_path)
+    result = train(job, cluster=client, out=tmp_path / "b", progress=False)
+    metrics = result.metrics
+    losses = metrics["history"]["validation_loss"]
+    assert metrics["best_epoch"] == 1 + int(np.argmin(losses))
+    assert metrics["epochs"] - metrics["best_epoch"] == 2 or metrics["epochs"] == 12
+    saved = ModelBundle.load(result.bundle)
+    assert saved.metadata["model"]["onnx_max_difference"] <= 1e-5
+
+
+# -- bad input: one paragraph, no traceback, no bundle ------------------------------------
+
+BAD_FILES = {
+    "no_model": ("import torch\n\ndef build(n):\n    return torch.nn.Linear(n, 1)\n",
+                 ["defines no model() function", "def model(n_features)"]),
+    "not_a_network": ("import torch\n\ndef model(n):\n    return 42\n",
+                      ["returned int", "neither a torch.nn.Module, a Keras model nor a "
+                       "scikit-learn estimator"]),
+    "wrong_width": ("import torch\n\ndef model(n):\n    return torch.nn.Linear(n, 3)\n",
+                    ["gives 3 outputs per event", "2 classes", "torch.nn.Linear(hidden, 1)"]),
+    "unexportable": (
+        "import torch\n\nclass CumMax(torch.nn.Module):\n    def forward(self, x):\n"
+        "        return torch.cummax(x, dim=1)[0]\n\n"
+        "def model(n):\n    return torch.nn.Sequential(torch.nn.Linear(n, 4), CumMax(),\n"
+        "                               torch.nn.Linear(4, 1))\n",
+        ["cannot be stored as ONNX", "layer '1' (CumMax)", "cummax", "no bundle was written"]),
+    "out_of_memory": (
+        "import torch\n\nclass Greedy(torch.nn.Linear):\n    def forward(self, x):\n"
+        "        if self.training:\n            torch.empty(2**43)  # 32 TB\n"
+        "        return super().forward(x)\n\n"
+        "def model(n):\n    return Greedy(n, 1)\n",
+        ["Out of memory on cpu in epoch 1, batch 1", "Lower model.batch_size"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_bad_model_files(capsys, client, tmp_path: Path, case: str) -> None:
+    source, expected = BAD_FILES[case]
+    job = torch_job(tmp_path, source, "epochs: 1, batch_size: 64, kind: torch")
+    code, out, err = train_cli(client, job, tmp_path / "bundle", capsys)
+    assert code == 2
+    assert "Traceback" not in out + err
+    message = err.split("error: ", 1)[1]
+    for part in expected:
+        assert part in message, message
+    assert not (tmp_path / "bundle").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("settings,expected", [
+    ("epochs: 2, batch_size: 64, optimizer: sgd, learning_rate: 1.0e+12",
+     ["The training loss became", "in epoch 1", "lower model.learning_rate", "check the inputs"]),
+    ("device: cuda", ["model.device is cuda but no worker of the cluster is tagged with a GPU",
+                      "model.device: cpu"]),
+    ("batch_size: 100000", ["model.batch_size is 100,000 but the training split holds",
+                            "use a batch size of at most"]),
+], ids=["nan_loss", "cuda_without_gpu", "batch_too_large"])
+def test_bad_settings(capsys, client, tmp_path: Path, settings: str,
+                      expected: list[str]) -> None:
+    job = torch_job(tmp_path, settings=settings)
+    code, out, err = train_cli(client, job, tmp_path / "bundle", capsys)
+    assert code == 2 and "Traceback" not in out + err
+    for part in expected:
+        assert part in err, err
+    assert not (tmp_path / "bundle").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_job_keys_are_validated(tmp_path: Path) -> None:
+    torch_job(tmp_path)
+    text = (tmp_path / "job.yaml").read_text()
+    for bad, words in (("optimizer: rmsprop", ["model.optimizer", "adam", "adamw", "sgd"]),
+                       ("lr_schedule: linear", ["model.lr_schedule", "cosine", "plateau"]),
+                       ("learning_rate: -1", ["model.learning_rate"]),
+                       ("outputs: scores", ["model.outputs", "logits", "probabilities"])):
+        with pytest.raises(ConfigError) as err:
+            job_from_text(text.replace("epochs: 3", bad), base=tmp_path)
+        for word in words:
+            assert word in str(err.value), str(err.value)
+    with pytest.raises(ConfigError, match="a torch model needs 'file'"):
+        job_from_text(text.replace("file: net.py", "class: x.Y, kind: torch"), base=tmp_path)
+
+
+def test_kind_is_detected_and_checked(client, tmp_path: Path) -> None:
+    torch_job(tmp_path)
+    job = job_from_text((tmp_path / "job.yaml").read_text(), base=tmp_path)
+    assert job.model.kind == "torch"
+    (tmp_path / "sk.py").write_text("from sklearn.linear_model import SGDClassifier\n\n"
+                                    "def model(n):\n    return SGDClassifier()\n")
+    text = (tmp_path / "job.yaml").read_text().replace("file: net.py", "file: sk.py, kind: torch")
+    job = job_from_text(text, base=tmp_path)
+    with pytest.raises(MlaasError) as err:
+        train(job, cluster=client, out=tmp_path / "b", progress=False)
+    assert "returned a sklearn model (SGDClassifier)" in str(err.value)
+    assert "Set model.kind: sklearn" in str(err.value)
