@@ -65,8 +65,7 @@ def main() -> None:
     job = load_job(REPO / "examples" / "cms-hep-tutorial.yaml")
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        result = train(job, cluster="local:2", out=f"{tmp}/b", progress=False,
-                       log=lambda *a, **k: None)
+        result = train(job, cluster="local:2", out=f"{tmp}/b", progress=False)
         seconds = time.perf_counter() - start
         spec = ModelBundle.load(result.bundle).spec
     reference = single_process_auc(job, spec)

@@ -97,8 +97,7 @@ def distributed(client, the_job) -> dict[str, float]:  # noqa: ANN001
     from mlaas_dask.train import train
 
     with tempfile.TemporaryDirectory() as tmp:
-        result = train(the_job, cluster=client, out=f"{tmp}/b", progress=False,
-                       log=lambda *a, **k: None)
+        result = train(the_job, cluster=client, out=f"{tmp}/b", progress=False)
     metrics = result.metrics
     seconds = metrics["seconds"]
     return {"total_seconds": seconds["read_features"] + seconds["train"],

@@ -37,9 +37,9 @@ def load(events: int, step: int):  # noqa: ANN201
 
 
 def _paths_and_branches(job) -> tuple[list[str], list[str]]:  # noqa: ANN001
-    from mlaas_dask.train import _prepare
+    from mlaas_dask.train import prepare
 
-    branches = list(_prepare(job, lambda *a: None)[0].branches)  # the same ones we read
+    branches = list(prepare(job).dataset.branches)  # the same ones we read
     return [str(p) for group in job.dataset.groups for p in group.files], branches
 
 
@@ -82,10 +82,11 @@ def ours(client, job) -> tuple[float, int]:  # noqa: ANN001
     """The read+features stage of ``mlaas train`` on the cluster of ``client``."""
     from distributed import wait
 
-    from mlaas_dask.train import _prepare
+    from mlaas_dask.train import prepare
     from mlaas_dask.train.matrix import build_matrices
 
-    dataset, spec, plan = _prepare(job, lambda *a: None)
+    prepared = prepare(job)
+    dataset, plan = prepared.dataset, prepared.plan
     start = time.perf_counter()
     matrices = build_matrices(client, dataset, plan, progress=False)
     wait(matrices.futures)

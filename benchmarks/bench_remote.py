@@ -43,9 +43,9 @@ def job_for(files: dict[str, list[Path]], base: str, step: int):  # noqa: ANN201
 def compressed_bytes(job) -> int:  # noqa: ANN001
     import uproot
 
-    from mlaas_dask.train import _prepare
+    from mlaas_dask.train import prepare
 
-    branches = _prepare(job, lambda *a: None)[0].branches
+    branches = prepare(job).dataset.branches
     total = 0
     for group in job.dataset.groups:
         for path in group.files:
@@ -59,10 +59,11 @@ def measure(client, job) -> tuple[float, int]:  # noqa: ANN001
     from distributed import wait
 
     from mlaas_dask.data.credentials import worker_credentials
-    from mlaas_dask.train import _prepare
+    from mlaas_dask.train import prepare
     from mlaas_dask.train.matrix import build_matrices
 
-    dataset, _spec, plan = _prepare(job, lambda *a: None)
+    prepared = prepare(job)
+    dataset, plan = prepared.dataset, prepared.plan
     with worker_credentials(client):
         start = time.perf_counter()
         matrices = build_matrices(client, dataset, plan, progress=False)

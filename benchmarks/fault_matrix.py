@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import signal
 import time
@@ -157,8 +158,12 @@ def run(scenario: Scenario, files: dict[str, list[Path]], step: int, out: Path) 
         retries=scenario.retries)), base=out)
     lines: list[tuple[float, str]] = []
 
-    def log(*args: Any, **kwargs: Any) -> None:
-        lines.append((time.time(), " ".join(map(str, args))))
+    class Lines(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append((time.time(), record.getMessage()))
+
+    handler = Lines()
+    logging.getLogger("mlaas_dask").addHandler(handler)
 
     ttl = {"distributed.scheduler.worker-ttl": scenario.worker_ttl} if scenario.worker_ttl else {}
     with dask.config.set(ttl), \
@@ -169,8 +174,7 @@ def run(scenario: Scenario, files: dict[str, list[Path]], step: int, out: Path) 
         pids = arm(client, scenario.prefix, **scenario.when) if scenario.prefix else {}
         start = time.perf_counter()
         try:
-            result = train(job, cluster=client, out=out / scenario.name, progress=False,
-                           log=log)
+            result = train(job, cluster=client, out=out / scenario.name, progress=False)
             outcome, auc, failed_at = "completed", result.metrics["auc"], None
             resumes = len(result.metrics.get("resumes") or [])
             if resumes:
@@ -179,6 +183,7 @@ def run(scenario: Scenario, files: dict[str, list[Path]], step: int, out: Path) 
             outcome, auc, failed_at = "failed", None, time.time()
             lines.append((failed_at, f"error: {err}"))
         seconds = time.perf_counter() - start
+        logging.getLogger("mlaas_dask").removeHandler(handler)
         kills = killed(client) if scenario.prefix else []
         for pid in pids.values():  # a stopped worker that Dask has not killed yet
             with contextlib.suppress(ProcessLookupError):
@@ -205,7 +210,7 @@ SCENARIOS = [
              {"round": 20}),
     Scenario("xgb-read-partition3", XGB, "a reading worker at partition 3",
              "read_and_process", {"start": 3}),
-    Scenario("xgb-predict", XGB, "a worker during the test prediction", "mapped_predict",
+    Scenario("xgb-predict", XGB, "a worker during the test prediction", "_predict_block",
              {"start": 1}),
     Scenario("xgb-hung-round20", XGB, "the training worker hung (SIGSTOP) at round 20",
              "fn", {"round": 20, "signal": signal.SIGSTOP},

@@ -12,7 +12,10 @@ only when used.  The public entry points are
 
 from __future__ import annotations
 
+from mlaas_dask import logs as _logs
 from mlaas_dask.errors import MlaasError
+
+_logs.install()
 
 __version__ = "0.1.0"
 __all__ = ["MlaasError", "__version__"]

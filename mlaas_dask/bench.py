@@ -12,38 +12,46 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import platform
 import re
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlaas_dask.errors import MlaasError, first_line
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from mlaas_dask.cluster import ClusterConfig
+    from mlaas_dask.contracts import BenchRow
+    from mlaas_dask.job import Job
+
+logger = logging.getLogger(__name__)
 
 STAGES = (("read_features", "read+features"), ("train", "train"), ("predict", "predict"))
 
 
-def _quiet(*args: Any, **kwargs: Any) -> None:
-    return None
-
-
-def bench_one(job: Any, cluster: Any, out: Path, log: Any = print) -> dict[str, Any]:
+def bench_one(job: Job, cluster: str | ClusterConfig | Client, out: Path) -> BenchRow:
     """Train ``job`` on one cluster; a row of figures (or the error that stopped it)."""
-    from mlaas_dask.cluster import connect, describe
-    from mlaas_dask.train import train
+    from mlaas_dask.cluster import describe
+    from mlaas_dask.logs import quiet
+    from mlaas_dask.train.pipeline import prepare, run
+    from mlaas_dask.cluster.session import cluster_session
 
-    row: dict[str, Any] = {"cluster": str(cluster)}
+    row: BenchRow = {"cluster": str(cluster)}
     start = time.perf_counter()
     try:
-        with connect(cluster) as client:
+        with cluster_session(cluster) as client:
             row["startup_s"] = time.perf_counter() - start
             info = describe(client)
-            result = train(job, cluster=client, out=out, overwrite=True, progress=False,
-                           log=_quiet)
+            with quiet():
+                result = run(job, client, prepare(job), out, overwrite=True, progress=False)
     except (MlaasError, OSError, TimeoutError) as err:
         row["error"] = first_line(err)
-        log(f"  {cluster}: failed: {row['error']}")
+        logger.info(f"  {cluster}: failed: {row['error']}")
         return row
     metrics, metadata = result.metrics, result.metadata
     seconds = metrics["seconds"]
@@ -65,30 +73,30 @@ def bench_one(job: Any, cluster: Any, out: Path, log: Any = print) -> dict[str, 
                    for stage, record in metadata.get("placement", {}).items()},
     )
     for stage, _ in STAGES:
-        row[f"{stage}_s"] = seconds.get(stage)
-        row[f"{stage}_events"] = events[stage]
-        row[f"{stage}_events_per_s"] = (events[stage] / seconds[stage]
-                                        if seconds.get(stage) else None)
-    log(f"  {cluster}: AUC {_num(row['auc'], 4)}, read+features "
+        row[f"{stage}_s"] = seconds.get(stage)  # type: ignore[literal-required]
+        row[f"{stage}_events"] = events[stage]  # type: ignore[literal-required]
+        row[f"{stage}_events_per_s"] = (  # type: ignore[literal-required]
+            events[stage] / seconds[stage] if seconds.get(stage) else None)
+    logger.info(f"  {cluster}: AUC {_num(row['auc'], 4)}, read+features "
         f"{_num(row['read_features_s'])} s, train {_num(row['train_s'])} s, predict "
         f"{_num(row['predict_s'])} s")
     return row
 
 
-def run_bench(job: Any, clusters: list[Any], out: str | Path, *, keep_bundles: bool = False,
-              log: Any = print) -> dict[str, Any]:
+def run_bench(job: Job, clusters: list[str | ClusterConfig | Client], out: str | Path, *,
+              keep_bundles: bool = False) -> dict[str, Any]:
     """Run ``job`` on every cluster in turn and write bench.json, bench.md, bench.png."""
     from importlib.metadata import version
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows: list[BenchRow] = []
     with tempfile.TemporaryDirectory(prefix="mlaas-bench-") as scratch:
         for index, cluster in enumerate(clusters):
-            log(f"[{index + 1}/{len(clusters)}] {cluster}")
+            logger.info(f"[{index + 1}/{len(clusters)}] {cluster}")
             slug = re.sub(r"[^\w.-]+", "_", str(cluster)).strip("_") or f"cluster{index}"
             bundle = (out / "bundles" / slug) if keep_bundles else Path(scratch) / slug
-            rows.append(bench_one(job, cluster, bundle, log))
+            rows.append(bench_one(job, cluster, bundle))
     if all("error" in row for row in rows):
         raise MlaasError("Every cluster failed: " + "; ".join(
             f"{row['cluster']}: {row['error']}" for row in rows))
@@ -118,7 +126,7 @@ def _rate(value: Any) -> str:
     return f"{value:,.0f}"
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
+def markdown(rows: list[BenchRow]) -> str:
     """The comparison table (seconds and events/s per stage, AUC)."""
     head = ("| cluster | workers (GPU) | device | start-up s | read+features s | events/s | "
             "train s | events/s | predict s | events/s | total s | AUC |")
@@ -140,7 +148,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n" + note
 
 
-def chart(rows: list[dict[str, Any]]) -> bytes:
+def chart(rows: list[BenchRow]) -> bytes:
     """PNG: wall time per stage, events/s per stage (log scale), AUC, per cluster."""
     import io
 

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,6 +39,14 @@ from mlaas_dask.outputs import (
     size_on_disk,
 )
 from mlaas_dask.errors import MlaasError
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from mlaas_dask.cluster import ClusterConfig
+    from mlaas_dask.data.remote import ReadPolicy
+
+logger = logging.getLogger(__name__)
 
 SCORES_FILE = "scores.parquet"
 #: what a run wrote (read by the next run with --overwrite)
@@ -61,12 +70,11 @@ def predict_files(
     out: str | os.PathLike[str],
     *,
     tree: str | None = None,
-    cluster: Any = "local",
+    cluster: str | ClusterConfig | Client = "local",
     step_size: int = 500_000,
     overwrite: bool = False,
     progress: bool = True,
-    log: Any = print,
-    policy: Any = None,
+    policy: ReadPolicy | None = None,
 ) -> PredictResult:
     """Score ROOT files with a bundle on a Dask cluster and write the scores.
 
@@ -86,7 +94,7 @@ def predict_files(
         A :class:`~mlaas_dask.data.remote.ReadPolicy` (redirectors for /store/ names,
         timeout, retries). Every event must be scored, so ``on_error`` is always ``fail``.
     """
-    from mlaas_dask.cluster import connect
+    from mlaas_dask.cluster.session import cluster_session
     from mlaas_dask.data.dataset import Dataset, Group
 
     model = bundle if isinstance(bundle, ModelBundle) else ModelBundle.load(bundle)
@@ -97,7 +105,6 @@ def predict_files(
     ids = list(trained_on.get("id_branches") or ["run", "luminosityBlock", "event"])
     from dataclasses import replace
 
-    from mlaas_dask.data.credentials import worker_credentials
     from mlaas_dask.data.remote import ReadPolicy
 
     policy = replace(policy or ReadPolicy(), on_error="fail")
@@ -106,10 +113,9 @@ def predict_files(
     model.spec.check_schema(dataset.jagged, where=f"tree {tree!r} of {dataset.files[0].path}")
     needed = _estimate_bytes(dataset, model)
     check_free_space(out, needed, "the score files")
-    log(f"Scoring {dataset.entries:,} events in {len(dataset.files)} files "
-        f"({len(dataset.partitions)} partitions) with {model.path}")
-    with connect(cluster) as client, worker_credentials(client):
-        log(f"Dask dashboard: {client.dashboard_link}")
+    logger.info(f"Scoring {dataset.entries:,} events in {len(dataset.files)} files "
+                f"({len(dataset.partitions)} partitions) with {model.path}")
+    with cluster_session(cluster) as client:
         results = _score(client, dataset, model, progress)
     return _write(out, dataset, model, results, needed)
 

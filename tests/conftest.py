@@ -3,6 +3,8 @@ real Dask LocalCluster with worker processes on 127.0.0.1."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -90,3 +92,41 @@ def make_events(tmp_path: Path) -> Callable[..., Path]:
         return write_events(tmp_path / name, **kwargs)
 
     return make
+
+
+class LogLines(list[str]):
+    """The messages of the ``mlaas_dask`` logger while :func:`logged` is active."""
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self)
+
+
+class _Collect(logging.Handler):
+    def __init__(self, lines: LogLines, on_line: Callable[[str], Any] | None) -> None:
+        super().__init__(logging.INFO)
+        self.lines, self.on_line = lines, on_line
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        self.lines.append(message)
+        if self.on_line is not None:
+            self.on_line(message)
+
+
+@contextlib.contextmanager
+def logged(on_line: Callable[[str], Any] | None = None) -> Iterator[LogLines]:
+    """Collect the package's progress lines inside the block; ``on_line`` is called with
+    each as it is logged (to act at a point of a job, e.g. stop a server when reading
+    starts)."""
+    logger = logging.getLogger("mlaas_dask")
+    lines = LogLines()
+    handler = _Collect(lines, on_line)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

@@ -30,7 +30,7 @@ from mlaas_dask.train.matrix import (
     sample_multiplicities,
 )
 
-from conftest import write_events
+from conftest import logged, write_events
 
 N = 3000
 SPEC = FeatureSpec(flat=["MET_pt"], collections={"Jet": Collection("Jet", ["pt"], n=2)})
@@ -216,11 +216,9 @@ dataset:
 features: {{flat: [MET_pt], collections: {{Jet: {{fields: [pt, eta]}}}}}}
 model: {{num_boost_round: 10, early_stopping_rounds: 0, params: {{max_depth: 3}}}}
 """, base=tmp_path)
-    lines: list[str] = []
-    with client.as_current():
-        result = train(job, cluster=client, out=tmp_path / "bundle", progress=False,
-                       log=lambda *a, **k: lines.append(" ".join(map(str, a))))
-    log = "\n".join(lines)
+    with client.as_current(), logged() as lines:
+        result = train(job, cluster=client, out=tmp_path / "bundle", progress=False)
+    log = lines.text
     report = json.loads((result.bundle / "metadata.json").read_text())[
         "data_summary"]["read_report"]
     assert [u["file"] for u in report["files_unopened"]] == [str(bkg[3])]

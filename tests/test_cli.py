@@ -18,7 +18,7 @@ from mlaas_dask.cli import main
 from mlaas_dask.job import job_from_text
 from mlaas_dask.train import train
 
-from conftest import REPO, write_events
+from conftest import write_events
 from test_train import quiet, small_job
 
 
@@ -190,7 +190,7 @@ def test_predict_overwrite_removes_only_an_earlier_runs_files(client, tmp_path: 
     real.mkdir()
     out = tmp_path / "scores"
     out.symlink_to(real, target_is_directory=True)  # --out may be a link
-    options = dict(cluster=client, step_size=1000, progress=False, log=lambda *a: None)
+    options = dict(cluster=client, step_size=1000, progress=False)
     first = predict_files(bundle, [str(f) for f in files], out, **options)
     assert sorted(p.name for p in real.iterdir()) == [
         "a.scores.root", "b.scores.root", "predict.json", "scores.parquet"]
@@ -252,7 +252,7 @@ def test_predict_disk_filling_up_while_writing(client, tmp_path: Path, disk: Pat
 
     bundle, files = predict_inputs(tmp_path)
     out = disk / "scores"
-    options = dict(cluster=client, step_size=1000, progress=False, log=lambda *a: None)
+    options = dict(cluster=client, step_size=1000, progress=False)
     predict_files(bundle, [str(files[0])], out, **options)
     earlier = {p.name: p.read_bytes() for p in out.iterdir()}
     fill(disk, leave=16 * 1024)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO
+from conftest import REPO, logged
 
 from mlaas_dask.bundle import ModelBundle
 from mlaas_dask.job import job_from_text
@@ -84,9 +84,8 @@ SGD = ("{{class: sklearn.linear_model.SGDClassifier, params: {{loss: log_loss}},
 
 
 def run_logged(job: Any, client: Any, out: Path) -> tuple[Any, list[str]]:
-    lines: list[str] = []
-    result = train(job, cluster=client, out=out, progress=True,
-                   log=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    with logged() as lines:
+        result = train(job, cluster=client, out=out, progress=True)
     return result, lines
 
 
@@ -184,14 +183,14 @@ def test_xgboost_fails_when_the_lost_data_cannot_be_read_again(
               for group, paths in sample.items()}
     job = job_from_text(job_text(copies, XGB.format(retries=2)), base=tmp_path)
 
-    def log(*args: Any, **kwargs: Any) -> None:
-        if str(args[0]).startswith("Training XGBoost on"):  # every partition has been read
+    def rename_files(line: str) -> None:
+        if line.startswith("Training XGBoost on"):  # every partition has been read
             for path in (p for paths in copies.values() for p in paths):
                 path.rename(path.with_suffix(".gone"))
 
     arm(cluster, "fn", round=KILL_ROUND)
-    with pytest.raises(TrainingFailed) as failure:
-        train(job, cluster=cluster, out=tmp_path / "bundle", progress=True, log=log)
+    with pytest.raises(TrainingFailed) as failure, logged(rename_files):
+        train(job, cluster=cluster, out=tmp_path / "bundle", progress=True)
     address, name = killed(cluster)
     message = str(failure.value)
     assert re.match(rf"XGBoost training lost worker {re.escape(name)} \({re.escape(address)}\) "

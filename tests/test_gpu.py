@@ -43,8 +43,7 @@ def test_auto_device_trains_with_cuda_on_the_gpu_worker(tmp_path: Path) -> None:
     bkg = write_events(tmp_path / "bkg.root", n=60_000, seed=2)
     job = job_from_text(JOB.format(sig=sig, bkg=bkg), base=tmp_path)
     with connect({"type": "local", "workers": 2, "gpu_workers": 1}) as client:
-        result = train(job, cluster=client, out=tmp_path / "bundle", progress=False,
-                       log=lambda *a: None)
+        result = train(job, cluster=client, out=tmp_path / "bundle", progress=False)
     meta = result.metadata
     assert meta["model"]["device"] == "cuda"
     assert meta["placement"]["train"]["workers"] == ["gpu-0"]

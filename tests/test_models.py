@@ -4,7 +4,6 @@ and MLaaS4HEP job import -- on a real LocalCluster with worker processes."""
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +13,10 @@ import uproot
 from mlaas_dask.bundle import ModelBundle
 from mlaas_dask.cli import main
 from mlaas_dask.errors import BundleError, ConfigError
-from mlaas_dask.job import job_from_text, load_job
+from mlaas_dask.job import job_from_text
 from mlaas_dask.train import train
 
-from conftest import HEP_TUTORIAL, REPO, write_events
+from conftest import HEP_TUTORIAL, logged, write_events
 from test_train import quiet, small_job
 
 pytestmark = pytest.mark.slow
@@ -42,8 +41,8 @@ def events_of(tmp_path: Path, name: str, spec) -> object:  # noqa: ANN001
 
 def test_sgd_through_incremental_over_partitions(client, tmp_path: Path) -> None:
     job = job_from_text(sample_job(tmp_path, SGD), base=tmp_path)
-    logs: list[str] = []
-    result = train(job, cluster=client, out=tmp_path / "b", progress=False, log=logs.append)
+    with logged() as logs:
+        result = train(job, cluster=client, out=tmp_path / "b", progress=False)
     assert result.metrics["fit"] == "incremental" and result.metrics["epochs"] == 3
     assert result.metrics["blocks"] == 8  # every partition of the training split
     assert result.metrics["auc"] > 0.7  # deterministic (seeded); 0.5 would be no learning
@@ -65,8 +64,8 @@ def test_model_without_partial_fit_uses_a_bounded_sample(client, tmp_path: Path)
     model = ("{class: sklearn.ensemble.HistGradientBoostingClassifier, "
              "params: {max_iter: 20}, sample_size: 2000}")
     job = job_from_text(sample_job(tmp_path, model), base=tmp_path)
-    logs: list[str] = []
-    result = train(job, cluster=client, out=tmp_path / "b", progress=False, log=logs.append)
+    with logged() as logs:
+        result = train(job, cluster=client, out=tmp_path / "b", progress=False)
     assert result.metrics["fit"] == "sample"
     assert 1990 <= result.metrics["sample_events"] <= 2010
     assert any("has no partial_fit(): fitting it on a sample of" in line for line in logs)
@@ -171,8 +170,8 @@ def model():
 def test_pickle_only_model_is_local_only(client, tmp_path: Path) -> None:
     (tmp_path / "odd.py").write_text(UNSKOPSABLE)
     job = job_from_text(sample_job(tmp_path, "{file: odd.py, epochs: 1}"), base=tmp_path)
-    logs: list[str] = []
-    result = train(job, cluster=client, out=tmp_path / "b", progress=False, log=logs.append)
+    with logged() as logs:
+        result = train(job, cluster=client, out=tmp_path / "b", progress=False)
     assert (result.bundle / "model.pkl").is_file()
     assert any("usable locally with --allow-pickle" in line for line in logs)
     with pytest.raises(BundleError, match="pickle-only model.*the server refuses it"):

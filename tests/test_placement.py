@@ -69,10 +69,10 @@ def test_training_is_not_gathered_beyond_the_workers_memory() -> None:
     workers = {a: {"host": "a", "nthreads": 1, "memory_limit": 1000}
                for a in ("tcp://a:1", "tcp://a:2")}
     fits = StagePlan(None, Placement(), None)
-    fits._pack(workers, int(PACK_MEMORY_FRACTION * 1000) - 1, lambda *a: None)
+    fits._pack(workers, int(PACK_MEMORY_FRACTION * 1000) - 1)
     assert (fits.train_workers, fits.train_threads) == (["tcp://a:1"], 2)
     too_big = StagePlan(None, Placement(), None)
-    too_big._pack(workers, int(PACK_MEMORY_FRACTION * 1000) + 1, lambda *a: None)
+    too_big._pack(workers, int(PACK_MEMORY_FRACTION * 1000) + 1)
     assert (too_big.train_workers, too_big.train_threads) == (None, None)
 
 
@@ -131,8 +131,7 @@ def test_training_runs_on_the_gpu_tagged_worker_and_reading_does_not(tmp_path: P
         assert by_name["cpu-0"]["resources"] == {}
         gpu, cpu = by_name["gpu-0"]["address"], by_name["cpu-0"]["address"]
         with get_task_stream(client) as stream:
-            result = train(job, cluster=client, out=tmp_path / "bundle", progress=False,
-                           log=lambda *a: None)
+            result = train(job, cluster=client, out=tmp_path / "bundle", progress=False)
         env = client.run(lambda: __import__("os").environ.get("CUDA_VISIBLE_DEVICES"))
     assert env[gpu] == "0" and env[cpu] is None  # the GPU worker is pinned to its GPU
 
@@ -170,8 +169,7 @@ def test_without_gpu_workers_reading_is_not_restricted(tmp_path: Path, client: A
     sig = write_events(tmp_path / "sig.root", n=3000, seed=3)
     bkg = write_events(tmp_path / "bkg.root", n=3000, seed=4)
     job = job_from_text(JOB.format(sig=sig, bkg=bkg), base=tmp_path)
-    result = train(job, cluster=client, out=tmp_path / "bundle", progress=False,
-                   log=lambda *a: None)
+    result = train(job, cluster=client, out=tmp_path / "bundle", progress=False)
     placement = result.metadata["placement"]
     assert placement["read_features"]["restricted_to"] is None
     assert placement["read_features"]["workers"]  # recorded all the same

@@ -32,7 +32,7 @@ from mlaas_dask.errors import DataError
 from mlaas_dask.job import job_from_text
 from mlaas_dask.train import train
 
-from conftest import NANOAOD, require_programs, write_events
+from conftest import NANOAOD, LogLines, logged, require_programs, write_events
 from servers import FaultProxy, NginxServer, XRootDServer, served_dir
 
 pytestmark = pytest.mark.xrootd
@@ -126,15 +126,6 @@ def one() -> Iterator[Any]:
         yield dask_client
 
 
-class Log(list):
-    def __call__(self, *args: Any, **kwargs: Any) -> None:
-        self.append(" ".join(str(a) for a in args))
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self)
-
-
 def job(sig: list[str], bkg: list[str], dataset_extra: str = "", **kw: Any) -> Any:
     settings = {"step_size": 1000, "retries": 2, "backoff": 0.05, "timeout": 10,
                 **(yaml.safe_load(textwrap.dedent(dataset_extra)) or {})}
@@ -152,10 +143,10 @@ model: {{num_boost_round: 15, early_stopping_rounds: 0, params: {{max_depth: 3}}
 
 
 def run(client: Any, tmp_path: Path, name: str, sig: list[str], bkg: list[str],
-        dataset_extra: str = "") -> tuple[Any, Log]:
-    log = Log()
-    result = train_on(client, job(sig, bkg, dataset_extra), out=tmp_path / name,
-                   log=log, **quiet)
+        dataset_extra: str = "") -> tuple[Any, LogLines]:
+    with logged() as log:
+        result = train_on(client, job(sig, bkg, dataset_extra), out=tmp_path / name,
+                          **quiet)
     return result, log
 
 
@@ -164,7 +155,7 @@ def local_result(served: Path, one: Any, tmp_path_factory: pytest.TempPathFactor
     out = tmp_path_factory.mktemp("local")
     return train_on(one, job([str(served / "store/mc/sig.root")],
                              [str(served / "store/mc/bkg.root")]),
-                    out=out / "bundle", log=Log(), **quiet)
+                    out=out / "bundle", **quiet)
 
 
 def same_scores(local: Any, remote: Any, served: Path) -> None:
@@ -250,7 +241,7 @@ def test_predict_on_remote_files_scores_like_local(client: Any, tmp_path: Path, 
     for name, base in (("local", str(served)), ("root", f"{xrootd.url}/")):
         files = [f"{base}/store/mc/sig.root", f"{base}/store/mc/bkg.root"]
         predict_files(local_result.bundle, files, tmp_path / name, cluster=client,
-                      step_size=1000, progress=False, log=lambda *a: None)
+                      step_size=1000, progress=False)
         tables.append(pq.read_table(tmp_path / name / "scores.parquet"))
     assert tables[0].num_rows == tables[1].num_rows == 2 * N
     np.testing.assert_array_equal(tables[0].column("score").to_numpy(),
@@ -320,20 +311,20 @@ def test_server_stopped_mid_job_then_back(one: Any, tmp_path: Path, served: Path
     """The server stops once the files are opened, as reading starts, and comes back
     1.5 s later: partitions retry with backoff until it answers."""
     server = XRootDServer(["/store"], localroot=served).start()
-    log = Log()
     restart = threading.Timer(1.5, server.start)
 
-    def stop_when_reading(*args: Any) -> None:
-        log(*args)
-        if args and "Reading events" in str(args[0]):
+    def stop_when_reading(line: str) -> None:
+        if "Reading events" in line:
             server.stop()
             restart.start()
 
     try:
         base = f"{server.url}/"
-        result = train_on(one, job([f"{base}/store/mc/sig.root"], [f"{base}/store/mc/bkg.root"],
-                           "  retries: 8\n  backoff: 0.25"),
-                     out=tmp_path / "b", log=stop_when_reading, **quiet)
+        with logged(stop_when_reading):
+            result = train_on(one, job([f"{base}/store/mc/sig.root"],
+                                       [f"{base}/store/mc/bkg.root"],
+                                       "  retries: 8\n  backoff: 0.25"),
+                              out=tmp_path / "b", **quiet)
     finally:
         restart.cancel()
         if restart.is_alive():
@@ -350,17 +341,17 @@ def test_server_stopped_mid_job_fails_naming_file_and_cause(client: Any, tmp_pat
                                                             served: Path) -> None:
     server = XRootDServer(["/store"], localroot=served).start()
 
-    def stop_when_reading(*args: Any) -> None:
-        if args and "Reading events" in str(args[0]):
+    def stop_when_reading(line: str) -> None:
+        if "Reading events" in line:
             server.stop()
 
     t0 = time.monotonic()
     try:
         base = f"{server.url}/"
-        with pytest.raises(DataError) as err:
+        with pytest.raises(DataError) as err, logged(stop_when_reading):
             train_on(client, job([f"{base}/store/mc/sig.root"], [f"{base}/store/mc/bkg.root"],
                       "  retries: 1\n  backoff: 0.05"),
-                     out=tmp_path / "b", log=stop_when_reading, **quiet)
+                     out=tmp_path / "b", **quiet)
     finally:
         server.close()
     assert time.monotonic() - t0 < 60
@@ -429,40 +420,36 @@ def test_skipped_partitions_are_reported_exactly(client: Any, tmp_path: Path,
     background still readable locally, because too little was read."""
     server = XRootDServer(["/store"], localroot=served).start()
 
-    def stop_when_reading(*args: Any) -> None:
-        if args and "Reading events" in str(args[0]):
+    def stop_when_reading(line: str) -> None:
+        if "Reading events" in line:
             server.stop()
 
     local_bkg = str(served / "store/mc/bkg.root")
     try:
         sig = f"{server.url}//store/mc/sig.root"
-        with pytest.raises(DataError) as err:
+        with pytest.raises(DataError) as err, logged(stop_when_reading):
             train_on(client, job([sig, str(served / "store/mc/bkg2.root")], [local_bkg],
                       "  retries: 0\n  on_error: skip\n  min_fraction: 0.9"),
-                     out=tmp_path / "a", log=stop_when_reading, **quiet)
+                     out=tmp_path / "a", **quiet)
         message = str(err.value)
         assert message.startswith("Only 66.7% of the dataset could be read (6,000 of 9,000 "
                                   "events in the 3 of 3 files that opened; 0 files did not "
                                   "open, 3 partitions failed), under dataset.min_fraction = 0.9")
         assert f"Cannot read entries 0-1000 of {sig}" in message
         server.start()
-        with pytest.raises(DataError) as err:
+        with pytest.raises(DataError) as err, logged(stop_when_reading):
             train_on(client, job([sig], [local_bkg],
                                  "  retries: 0\n  on_error: skip\n  min_fraction: 0"),
-                     out=tmp_path / "b", log=stop_when_reading, **quiet)
+                     out=tmp_path / "b", **quiet)
         assert str(err.value).startswith("Group 'sig' lost all its events: every partition "
                                          "of it failed to read (dataset.on_error: skip). "
                                          "First failure: Cannot read entries ")
         server.start()
-        log = Log()
-
-        def stop_and_log(*args: Any) -> None:
-            log(*args)
-            stop_when_reading(*args)
-
-        result = train_on(client, job([sig, str(served / "store/mc/bkg2.root")], [local_bkg],
-                           "  retries: 0\n  on_error: skip\n  min_fraction: 0.5"),
-                     out=tmp_path / "c", log=stop_and_log, **quiet)
+        with logged(stop_when_reading) as log:
+            result = train_on(client, job([sig, str(served / "store/mc/bkg2.root")],
+                                          [local_bkg],
+                                          "  retries: 0\n  on_error: skip\n  min_fraction: 0.5"),
+                              out=tmp_path / "c", **quiet)
     finally:
         server.close()
     rep = report(result)

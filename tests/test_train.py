@@ -19,7 +19,7 @@ from conftest import HEP_TUTORIAL, REPO, write_events
 
 pytestmark = pytest.mark.slow
 
-quiet = dict(progress=False, log=lambda *a, **k: None)
+quiet = dict(progress=False)
 
 
 def small_job(tmp_path: Path, extra: str = "", features: str | None = None) -> str:

@@ -66,8 +66,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    from mlaas_dask.logs import quiet
+
     try:
-        return int(args.run(args) or 0)
+        with quiet(bool(getattr(args, "quiet", False))):
+            return int(args.run(args) or 0)
     except MlaasError as err:
         print(f"mlaas {args.command}: error: {err}", file=sys.stderr)
         return 2

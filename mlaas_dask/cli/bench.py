@@ -43,8 +43,7 @@ def run(args: argparse.Namespace) -> int:
     if not clusters:
         raise ConfigError("--clusters is empty; name at least one, e.g. --clusters local:1,local:2")
     job = load_job(args.job)
-    log = (lambda *a, **k: None) if args.quiet else print
-    report = run_bench(job, clusters, args.out, keep_bundles=args.keep_bundles, log=log)
+    report = run_bench(job, clusters, args.out, keep_bundles=args.keep_bundles)
     from pathlib import Path
 
     print(Path(report["files"][1]).read_text(), end="")

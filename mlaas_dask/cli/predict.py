@@ -64,12 +64,11 @@ def run(args: argparse.Namespace) -> int:
     from mlaas_dask.data.remote import ReadPolicy
     from mlaas_dask.predict import predict_files
 
-    log = (lambda *a, **k: None) if args.quiet else print
     bundle = ModelBundle.load(args.bundle, trusted_types=args.trust,
                               allow_pickle=args.allow_pickle)
     result = predict_files(bundle, args.files, args.out, tree=args.tree,
                            cluster=args.cluster, step_size=args.step_size,
-                           overwrite=args.overwrite, progress=not args.quiet, log=log,
+                           overwrite=args.overwrite, progress=not args.quiet,
                            policy=ReadPolicy(redirectors=tuple(args.redirector),
                                              timeout=args.timeout, retries=args.retries))
     print(f"Scored {result.events:,} events -> {result.parquet}")

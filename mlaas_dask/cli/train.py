@@ -62,9 +62,8 @@ def run(args: argparse.Namespace) -> int:
     job = _job(args)
     if job is None:
         return 0
-    log = (lambda *a, **k: None) if args.quiet else print
     result = train(job, cluster=args.cluster, out=args.out, overwrite=args.overwrite,
-                   progress=not args.quiet, log=log)
+                   progress=not args.quiet)
     metrics = result.metrics
     seconds = metrics["seconds"]
     print(f"Test AUC: {metrics['auc']:.4f}  ({metrics['events']:,} test events; "

@@ -55,9 +55,8 @@ def run(args: argparse.Namespace) -> int:
     job = load_job(args.job)
     if args.trials is not None and job.tune is not None:
         job.tune = dataclasses.replace(job.tune, trials=args.trials)
-    log = (lambda *a, **k: None) if args.quiet else print
     result = tune(job, cluster=args.cluster, out=args.out, overwrite=args.overwrite,
-                  progress=not args.quiet, log=log)
+                  progress=not args.quiet)
     if args.quiet:
         from mlaas_dask.train.tune import table_markdown
 

@@ -22,12 +22,15 @@ worker's memory limit.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from mlaas_dask.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 GPU = "GPU"
 #: the most of a worker's memory limit that training data gathered on it may take
@@ -195,7 +198,7 @@ class StagePlan:
                    ran_on={})
 
     def move_for_training(self, device: str, X: dict[str, Any], y: dict[str, Any],
-                          w: dict[str, Any], log: Any = print,
+                          w: dict[str, Any],
                           wait: Callable[[list[Any], list[str]], None] | None = None,
                           ) -> tuple[dict, dict, dict]:
         """Persist the train and validation splits on the training workers (when the
@@ -212,12 +215,12 @@ class StagePlan:
         splits = ("train", "validation")
         if not self.train_workers and self.placement.train == "auto" and device == "cpu":
             size = sum(d[s].nbytes for s in splits for d in (X, y, w))
-            self._pack(workers, size, log)
+            self._pack(workers, size)
         if not self.train_workers:
             return X, y, w
         if not self.train_threads:
-            log(f"Moving the training data to "
-                f"{', '.join(worker_names(workers, self.train_workers))}")
+            logger.info(f"Moving the training data to "
+                        f"{', '.join(worker_names(workers, self.train_workers))}")
         # the blocks first where they are, unrestricted: a restriction applies to every
         # task of a graph that the scheduler does not know yet, and lasts while it knows
         # it -- so after a lost worker, blocks to recompute would wait for the dead one
@@ -238,7 +241,7 @@ class StagePlan:
                 out[which][split] = moved[index * 3 + which]
         return out
 
-    def _pack(self, workers: Mapping[str, Mapping[str, Any]], size: int, log: Any) -> None:
+    def _pack(self, workers: Mapping[str, Mapping[str, Any]], size: int) -> None:
         """Train on one worker per machine with all the machine's threads, if it fits."""
         packed = one_per_host(workers)
         if packed is None:
@@ -250,8 +253,8 @@ class StagePlan:
             return
         self.train_workers, self.train_threads = chosen, threads
         names = ", ".join(worker_names(workers, chosen))
-        log(f"XGBoost trains with {threads} threads on one worker per machine (worker "
-            f"{names}); moving the training and validation splits there.")
+        logger.info(f"XGBoost trains with {threads} threads on one worker per machine "
+                    f"(worker {names}); moving the training and validation splits there.")
 
     def ran(self, stage: str, addresses: Iterable[str]) -> None:
         assert self.ran_on is not None

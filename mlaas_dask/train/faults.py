@@ -12,6 +12,7 @@ otherwise the job fails with a message naming the worker and how far training go
 from __future__ import annotations
 
 import contextvars
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlaas_dask.errors import MlaasError
+
+logger = logging.getLogger(__name__)
 
 #: seconds between two looks at the scheduler's worker list
 POLL_SECONDS = 0.5
@@ -183,14 +186,11 @@ class Retries:
         What trains, for messages (``"XGBoost training"``).
     max_retries
         How many lost workers the stage may resume from (``model.max_retries``).
-    log
-        Where the resume lines go.
     """
 
     client: Any
     stage: str
     max_retries: int
-    log: Callable[..., Any] = print
     events: list[dict[str, Any]] = field(default_factory=list)
 
     def resume_or_fail(self, lost: WorkerLost, reached: str, checkpoint: str | None) -> None:
@@ -211,7 +211,7 @@ class Retries:
                 f"checkpoint: {checkpoint or 'none yet'}). Raise model.max_retries, or find "
                 "out why workers die (memory limits, preemption: see the worker logs).")
         workers = self._workers_left(lost, reached)
-        self.log(f"Lost {who} during {self.stage} at {reached}; resuming from {since} on "
+        logger.info(f"Lost {who} during {self.stage} at {reached}; resuming from {since} on "
                  f"{len(workers)} worker{'s' if len(workers) != 1 else ''} "
                  f"(retry {len(self.events)} of {self.max_retries}).")
 

@@ -5,16 +5,24 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlaas_dask.train import metrics as metrics_module
 from mlaas_dask.train.fitted import Fitted
 
+if TYPE_CHECKING:
+    from distributed import Client
 
-def evaluate_and_write(client: Any, fitted: Fitted, matrices: Any, classes: list[str],
+    from mlaas_dask.contracts import Metrics
+    from mlaas_dask.features import FeatureSpec
+    from mlaas_dask.train.matrix import Matrices
+
+
+def evaluate_and_write(client: Client, fitted: Fitted, matrices: Matrices, classes: list[str],
                        timings: dict[str, float], t0: float, out: Path, overwrite: bool,
-                       spec: Any, metadata: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
-    """Score the test split, compute metrics and plots, write the bundle atomically.
+                       spec: FeatureSpec, metadata: dict[str, Any]) -> tuple[Path, Metrics]:
+    """Gather the test scores (once), compute metrics and plots, write the bundle
+    atomically.
 
     Returns the bundle path and metrics.json's content.
     """
@@ -31,7 +39,7 @@ def evaluate_and_write(client: Any, fitted: Fitted, matrices: Any, classes: list
     timings["evaluate"] = time.perf_counter() - start
     timings["total"] = time.perf_counter() - t0
     stats = matrices.stats
-    metrics = {
+    metrics: Metrics = {  # type: ignore[typeddict-unknown-key]
         "auc": test.get("auc"),
         **{k: v for k, v in test.items() if k != "auc"},
         "classes": classes,

@@ -16,13 +16,17 @@ class Fitted:
     model_file, model_bytes
         The model's file name in the bundle (which says its kind) and content.
     test_scores
-        Lazy (dask) scores of the test split: ``(n,)`` binary, ``(n, classes)`` else.
+        Scores of the test split, probabilities: ``(n,)`` binary, ``(n, classes)`` else;
+        a dask array (persisted on the workers, gathered once when evaluated) or numpy.
     files
         Further bundle files (``preprocess.json``).
     metrics
         Model-specific entries of metrics.json (rounds, history, importance...).
     model_metadata
         The ``model`` entry of metadata.json (kind, parameters, where it trained...).
+    timings
+        Seconds of the fitter's stages for metrics.json (``train``, ``predict``: the
+        test scores computed and held on the workers).
     """
 
     model_file: str
@@ -31,3 +35,4 @@ class Fitted:
     files: dict[str, bytes] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     model_metadata: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)

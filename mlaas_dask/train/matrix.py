@@ -17,6 +17,7 @@ import numpy as np
 from mlaas_dask.data.dataset import Dataset, Partition, PartitionSource
 from mlaas_dask.data.remote import ReadFailure, display, failure_record, max_files_unopened
 from mlaas_dask.errors import DataError, FeatureError
+from mlaas_dask.contracts import MatrixStats, ReadReport
 from mlaas_dask.features import Expression, FeatureSpec
 from mlaas_dask.train.split import SPLIT_NAMES, assign_split, file_key
 
@@ -44,7 +45,7 @@ class Matrices:
     X: dict[str, Any]
     y: dict[str, Any]
     w: dict[str, Any]
-    stats: dict[str, Any] = field(default_factory=dict)
+    stats: MatrixStats = field(default_factory=lambda: MatrixStats())
     #: the per-partition results held on the workers (release them to free memory)
     futures: list[Any] = field(default_factory=list)
 
@@ -294,7 +295,7 @@ def _get_split(result: dict[str, Any], name: str) -> tuple[np.ndarray, np.ndarra
     return result[name]
 
 
-def read_report(stats: list[dict[str, Any]], dataset: Dataset) -> dict[str, Any]:
+def read_report(stats: list[dict[str, Any]], dataset: Dataset) -> ReadReport:
     """Exactly what was read: events planned (in the files that opened), read and skipped
     (per partition: file, entry range, error, attempts), files that did not open,
     partitions that needed retries or another place, partitions the ``n: auto`` sample
@@ -408,7 +409,7 @@ def _n(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
 
-def format_report(report: dict[str, Any]) -> list[str]:
+def format_report(report: ReadReport) -> list[str]:
     """Terminal lines for a read report (none when every read went well first time)."""
     lines = []
     lost = report["files_unopened"] + report["partitions_skipped"]
@@ -445,7 +446,7 @@ def _failure_lines(items: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _summarise(stats: list[dict[str, Any]], dataset: Dataset, plan: PartitionPlan) -> dict[str, Any]:
+def _summarise(stats: list[dict[str, Any]], dataset: Dataset, plan: PartitionPlan) -> MatrixStats:
     n_classes = plan.n_classes
     per_class = {name: [0] * n_classes for name in SPLIT_NAMES}
     weight_per_class = {name: [0.0] * n_classes for name in SPLIT_NAMES}

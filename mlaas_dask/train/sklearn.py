@@ -13,7 +13,8 @@
   ``preprocess.json``, applied identically by ``mlaas predict`` and the server;
 - the training blocks each get a share of several partitions (partitions hold one class
   each), written once, preprocessed, row-major;
-- test scores come from :class:`dask_ml.wrappers.ParallelPostFit`;
+- test scores come from the fitted model as a bundle applies it (preprocessing, then
+  ``predict_proba``: :func:`mlaas_dask.train.pipeline.score_matrix`);
 - the model is stored with skops (no pickle), so the server can load it safely.
 """
 
@@ -22,11 +23,12 @@ from __future__ import annotations
 import copy
 import inspect
 import json
+import logging
 import math
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,11 +44,14 @@ from mlaas_dask.train.faults import (
 )
 from mlaas_dask.train.fitted import Fitted
 from mlaas_dask.train.matrix import balance_factors, bounded_sample
-from mlaas_dask.train.usermodel import (
-    estimator_from_class,
-    estimator_from_file,
-    share_model_file,
-)
+from mlaas_dask.train.preprocess import fit_preprocess
+from mlaas_dask.train.usermodel import estimator_from_class, estimator_from_file
+from mlaas_dask.usercode import share_file
+
+if TYPE_CHECKING:
+    from mlaas_dask.train.pipeline import FitContext
+
+logger = logging.getLogger(__name__)
 
 
 def make_estimator(model: Any, n_features: int) -> Any:
@@ -65,58 +70,22 @@ def make_estimator(model: Any, n_features: int) -> Any:
     return estimator
 
 
-def fit_preprocess(client: Any, X_train: Any, fill_value: float, scale: bool) -> Preprocess:
-    """NaN replacement, and standard scaling fitted on the training split only.
+def fit_sklearn(context: FitContext) -> Fitted:
+    """The scikit-learn fitter of the pipeline; see the module docstring."""
+    from mlaas_dask.bundle import ModelBundle
+    from mlaas_dask.train.pipeline import persist_scores
 
-    One pass over the training blocks where they are: each block gives its row count,
-    mean and sum of squared deviations in float64, combined with Chan et al.'s parallel
-    formula (stable when means are far from zero). The same mean and scale as
-    :class:`dask_ml.preprocessing.StandardScaler`, about 3x faster (its mean and variance
-    are two dask reductions with float64 copies of every block).
-    """
-    fill = Preprocess(fill_value)
-    if not scale:
-        return fill
-    from dask import delayed
-
-    moments = client.compute([delayed(_block_moments, pure=True)(block, fill)
-                              for block in X_train.to_delayed().ravel()], sync=True)
-    n, mean, squares = 0, np.zeros(X_train.shape[1]), np.zeros(X_train.shape[1])
-    for n_block, mean_block, squares_block in moments:
-        if n_block == 0:
-            continue
-        delta = mean_block - mean
-        total = n + n_block
-        squares = squares + squares_block + delta**2 * (n * n_block / total)
-        mean = mean + delta * (n_block / total)
-        n = total
-    spread = np.sqrt(squares / max(n, 1))
-    spread[~np.isfinite(spread) | (spread == 0)] = 1.0
-    return Preprocess(fill_value, tuple(mean.tolist()), tuple(spread.tolist()))
-
-
-def _block_moments(block: np.ndarray, fill: Preprocess) -> tuple[int, np.ndarray, np.ndarray]:
-    filled = fill.apply(block)
-    if len(filled) == 0:
-        return 0, np.zeros(block.shape[1]), np.zeros(block.shape[1])
-    mean = filled.mean(axis=0, dtype=np.float64)
-    filled -= mean.astype(np.float32)
-    np.square(filled, out=filled)
-    return len(filled), mean, filled.sum(axis=0, dtype=np.float64)
-
-
-def fit_sklearn(client: Any, job: Any, matrices: Any, classes: list[str], log: Any) -> Fitted:
-    """Train the job's scikit-learn estimator; see the module docstring."""
-    from dask_ml.wrappers import ParallelPostFit
-
+    client, job, matrices, classes = (context.client, context.job, context.matrices,
+                                      context.classes)
     model = job.model
-    n_features = matrices.X["train"].shape[1]
-    estimator = make_estimator(model, n_features)
+    logger.info("Training %s on %s events per class:", model.estimator_class or model.file,
+                matrices.stats["events_per_class"]["train"])
+    start = time.perf_counter()
+    estimator = make_estimator(model, context.spec.n_features)
     if estimator.get_params().get("random_state", 0) is None:
         estimator.set_params(random_state=job.split.seed)  # the same job gives the same model
     if model.file:
-        share_model_file(client, model.file)
-    start = time.perf_counter()
+        share_file(client, model.file)
     preprocess = fit_preprocess(client, matrices.X["train"], model.fill_value, model.scale)
     preprocess_seconds = time.perf_counter() - start
     X = {name: x.map_blocks(preprocess.apply, dtype=np.float32)
@@ -124,13 +93,16 @@ def fit_sklearn(client: Any, job: Any, matrices: Any, classes: list[str], log: A
     counts = matrices.stats["events_per_class"]["train"]
     if hasattr(estimator, "partial_fit"):
         estimator, info = _incremental(client, estimator, X, matrices, preprocess, classes,
-                                       counts, model, job.split.seed, log)
+                                       counts, model, job.split.seed)
     else:
-        estimator, info = _on_sample(client, estimator, X, matrices, counts, model, log)
-    probabilities = ParallelPostFit(estimator).predict_proba(X["test"])
-    scores = probabilities[:, 1] if len(classes) == 2 else probabilities
+        estimator, info = _on_sample(client, estimator, X, matrices, counts, model)
+    train_seconds = time.perf_counter() - start
+    fitted_model = ModelBundle(context.out, context.spec, estimator, classes, kind="sklearn",
+                               preprocess=preprocess)
+    scores, predict_seconds = persist_scores(client, fitted_model, matrices.X["test"],
+                                             context.stages)
     start = time.perf_counter()
-    model_file, data = serialise(estimator, log)
+    model_file, data = serialise(estimator)
     info["fit_preprocess_seconds"] = round(preprocess_seconds, 3)
     info["serialise_seconds"] = round(time.perf_counter() - start, 3)
     files = {PREPROCESS_FILE: (json.dumps(preprocess.to_dict(), indent=2) + "\n").encode()}
@@ -144,7 +116,8 @@ def fit_sklearn(client: Any, job: Any, matrices: Any, classes: list[str], log: A
                         "params": _jsonable(estimator.get_params()),
                         "source": model.file or model.estimator_class,
                         "fit": info["fit"], "scaled": model.scale,
-                        "fill_value": model.fill_value},
+                        "fill_value": model.fill_value, "device": "cpu"},
+        timings={"train": train_seconds, "predict": predict_seconds},
     )
 
 
@@ -155,11 +128,10 @@ def _balance(counts: list[int]) -> dict[int, float]:
 
 def _incremental(client: Any, estimator: Any, X: dict[str, Any], matrices: Any,
                  preprocess: Preprocess, classes: list[str], counts: list[int], model: Any,
-                 seed: int, log: Any) -> tuple[Any, dict[str, Any]]:
+                 seed: int) -> tuple[Any, dict[str, Any]]:
     from distributed import wait
 
-    if model.balance_classes and "class_weight" in estimator.get_params():
-        estimator.set_params(class_weight=_balance(counts))
+    estimator = incremental_weighting(estimator, counts, model.balance_classes)
     # every training block holds a share of several partitions (see mixed_blocks)
     start = time.perf_counter()
     x_train, y_train = client.persist(mixed_blocks(matrices.X["train"], matrices.y["train"],
@@ -169,8 +141,7 @@ def _incremental(client: Any, estimator: Any, X: dict[str, Any], matrices: Any,
     chain = BlockChain(client, estimator, list(zip(_block_futures(x_train),
                                                    _block_futures(y_train))),
                        np.arange(len(classes)), seed, model.checkpoint_every)
-    retries = Retries(client, f"partial_fit of {type(estimator).__name__}", model.max_retries,
-                      log)
+    retries = Retries(client, f"partial_fit of {type(estimator).__name__}", model.max_retries)
     history: list[float] = []
     fit_seconds = 0.0
     for epoch in range(model.epochs):
@@ -180,7 +151,7 @@ def _incremental(client: Any, estimator: Any, X: dict[str, Any], matrices: Any,
         if X["validation"].shape[0] > 0:
             history.append(_validation_loss(client, fitted, X["validation"],
                                             matrices.y["validation"], len(classes)))
-            log(f"  epoch {epoch + 1:>3}/{model.epochs}  validation-logloss={history[-1]:.4f}")
+            logger.info(f"  epoch {epoch + 1:>3}/{model.epochs}  validation-logloss={history[-1]:.4f}")
     blocks = len(x_train.chunks[0])
     del x_train, y_train
     return fitted, {
@@ -349,26 +320,43 @@ def _mix(pieces_x: list[np.ndarray], pieces_y: list[np.ndarray],
 
 
 def _on_sample(client: Any, estimator: Any, X: dict[str, Any], matrices: Any,
-               counts: list[int], model: Any, log: Any) -> tuple[Any, dict[str, Any]]:
+               counts: list[int], model: Any) -> tuple[Any, dict[str, Any]]:
     total = X["train"].shape[0]
     xs, ys, ws = bounded_sample(client, X["train"], matrices.y["train"], matrices.w["train"],
                                 model.sample_size)
-    log(f"{type(estimator).__name__} has no partial_fit(): fitting it on a sample of "
-        f"{len(ys):,} of the {total:,} training events (model.sample_size).")
-    kwargs = {}
-    if "sample_weight" in inspect.signature(estimator.fit).parameters:
-        weights = ws.astype(np.float64)
-        if model.balance_classes:
-            factors = _balance(counts)
-            weights = weights * np.array([factors.get(int(c), 1.0) for c in ys])
-        kwargs["sample_weight"] = weights
+    logger.info(f"{type(estimator).__name__} has no partial_fit(): fitting it on a sample of "
+                f"{len(ys):,} of the {total:,} training events (model.sample_size).")
+    kwargs = sample_fit_kwargs(estimator, ys, ws, counts, model.balance_classes)
     estimator.fit(xs, ys, **kwargs)
     return estimator, {"fit": "sample", "sample_events": int(len(ys)),
                        "training_events": int(total),
                        "event_weights_used": "sample_weight" in kwargs}
 
 
-def serialise(estimator: Any, log: Any) -> tuple[str, bytes]:
+def incremental_weighting(estimator: Any, counts: list[int], balance: bool) -> Any:
+    """How a ``partial_fit`` estimator is weighted in training: classes balanced through
+    its ``class_weight`` (when it has one and ``model.balance_classes``); event weights
+    are not used (``partial_fit`` of most estimators takes none)."""
+    if balance and "class_weight" in estimator.get_params():
+        estimator.set_params(class_weight=_balance(counts))
+    return estimator
+
+
+def sample_fit_kwargs(estimator: Any, y: np.ndarray, w: np.ndarray, counts: list[int],
+                      balance: bool) -> dict[str, Any]:
+    """``fit()`` keyword arguments of an estimator fitted on a sample: the event weights,
+    times the class-balancing factors (``model.balance_classes``), when ``fit`` takes a
+    ``sample_weight``."""
+    if "sample_weight" not in inspect.signature(estimator.fit).parameters:
+        return {}
+    weights = w.astype(np.float64)
+    if balance:
+        factors = _balance(counts)
+        weights = weights * np.array([factors.get(int(c), 1.0) for c in y])
+    return {"sample_weight": weights}
+
+
+def serialise(estimator: Any) -> tuple[str, bytes]:
     """skops bytes (servable), or a pickle when skops cannot store and reload the model
     (local use only: the server refuses it)."""
     import skops.io
@@ -380,7 +368,7 @@ def serialise(estimator: Any, log: Any) -> tuple[str, bytes]:
     except Exception as err:  # noqa: BLE001 - skops raises many kinds for odd objects
         import cloudpickle
 
-        log(f"skops cannot store {type(estimator).__name__} ({type(err).__name__}: {err}); "
+        logger.warning(f"skops cannot store {type(estimator).__name__} ({type(err).__name__}: {err}); "
             "the bundle holds a pickle instead, usable locally with --allow-pickle and "
             "refused by the server.")
         return "model.pkl", cloudpickle.dumps(estimator)

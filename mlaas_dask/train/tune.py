@@ -10,16 +10,30 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mlaas_dask.errors import ConfigError
+from mlaas_dask.usercode import share_file
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from mlaas_dask.bundle import ModelBundle
+    from mlaas_dask.cluster import ClusterConfig
+    from mlaas_dask.contracts import Metrics
+    from mlaas_dask.job import Job
+    from mlaas_dask.train.matrix import Matrices
+    from mlaas_dask.train.pipeline import Prepared
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -29,7 +43,7 @@ class TuneResult:
     trials: list[dict[str, Any]]
     best: dict[str, Any]
     bundle: Path
-    metrics: dict[str, Any]
+    metrics: Metrics
 
 
 def configurations(space: dict[str, Any], trials: int, method: str, seed: int
@@ -76,16 +90,22 @@ def _draw(rng: np.random.Generator, values: Any) -> Any:
 
 def run_trial(config: dict[str, Any], data: dict[str, np.ndarray], kind: str,
               base: dict[str, Any], n_classes: int) -> dict[str, Any]:
-    """Train one configuration on the sample and score the validation sample (a task)."""
+    """Train one configuration on the sample and score the validation sample (a task).
+
+    The trial's model is weighted and preprocessed as training weights and preprocesses
+    the final model, and scores the (raw) validation sample through
+    :meth:`ModelBundle.predict_matrix`, as the test split is scored.
+    """
     from sklearn.metrics import roc_auc_score
 
     start = time.perf_counter()
     params = {**base.get("params", {}), **config}
     try:
         if kind == "xgboost":
-            scores, extra = _xgboost_trial(params, data, base, n_classes)
+            model, extra = _xgboost_trial(params, data, base, n_classes)
         else:
-            scores, extra = _sklearn_trial(params, data, base)
+            model, extra = _sklearn_trial(params, data, base)
+        scores = model.predict_matrix(data["X_validation"])
     except Exception as err:  # noqa: BLE001 - a bad configuration is a failed trial
         return {"params": config, "auc": None, "error": f"{type(err).__name__}: {err}",
                 "seconds": round(time.perf_counter() - start, 3)}
@@ -97,43 +117,56 @@ def run_trial(config: dict[str, Any], data: dict[str, np.ndarray], kind: str,
 
 
 def _xgboost_trial(params: dict[str, Any], data: dict[str, np.ndarray], base: dict[str, Any],
-                   n_classes: int) -> tuple[np.ndarray, dict[str, Any]]:
+                   n_classes: int) -> tuple[ModelBundle, dict[str, Any]]:
     import xgboost
 
+    from mlaas_dask.bundle import ModelBundle
+    from mlaas_dask.train.matrix import balance_factors
     from mlaas_dask.train.xgb import xgboost_params
 
     full = {**xgboost_params(n_classes, "cpu", params), "nthread": 1}
-    dtrain = xgboost.QuantileDMatrix(data["X_train"], data["y_train"], weight=data["w_train"])
+    w = data["w_train"]
+    if base["balance_classes"]:  # as balanced_weights does for the final model
+        factors = balance_factors(np.bincount(data["y_train"], weights=w, minlength=n_classes))
+        w = (w * factors[data["y_train"]]).astype(np.float32)
+    dtrain = xgboost.QuantileDMatrix(data["X_train"], data["y_train"], weight=w)
     dvalid = xgboost.QuantileDMatrix(data["X_validation"], data["y_validation"], ref=dtrain)
     booster = xgboost.train(full, dtrain, base["num_boost_round"],
                             evals=[(dvalid, "validation")],
                             early_stopping_rounds=base.get("early_stopping_rounds") or None,
                             verbose_eval=False)
     best = getattr(booster, "best_iteration", booster.num_boosted_rounds() - 1)
-    scores = booster.inplace_predict(data["X_validation"], iteration_range=(0, best + 1))
-    return np.asarray(scores), {"rounds": best + 1}
+    booster = booster[: best + 1]
+    return (ModelBundle(Path("."), base["spec"], booster, base["classes"], kind="xgboost"),
+            {"rounds": best + 1})
 
 
 def _sklearn_trial(params: dict[str, Any], data: dict[str, np.ndarray],
-                   base: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
-    from mlaas_dask.features import Preprocess
-
-    estimator = base["estimator"]
+                   base: dict[str, Any]) -> tuple[ModelBundle, dict[str, Any]]:
     from sklearn.base import clone
 
-    estimator = clone(estimator).set_params(**params)
-    pre = Preprocess(base["fill_value"])
-    X = pre.apply(data["X_train"])
-    mean, std = X.mean(axis=0), X.std(axis=0)
-    std[std == 0] = 1
-    estimator.fit((X - mean) / std, data["y_train"])
-    probabilities = estimator.predict_proba((pre.apply(data["X_validation"]) - mean) / std)
-    return (probabilities[:, 1] if probabilities.shape[1] == 2 else probabilities), {}
+    from mlaas_dask.bundle import ModelBundle
+    from mlaas_dask.train.preprocess import preprocess_from_matrix
+    from mlaas_dask.train.sklearn import incremental_weighting, sample_fit_kwargs
+
+    estimator = clone(base["estimator"]).set_params(**params)
+    pre = preprocess_from_matrix(data["X_train"], base["fill_value"], base["scale"])
+    y, w = data["y_train"], data["w_train"]
+    counts = base["counts"]
+    if hasattr(estimator, "partial_fit"):
+        estimator = incremental_weighting(estimator, counts, base["balance_classes"])
+        kwargs: dict[str, Any] = {}
+    else:
+        kwargs = sample_fit_kwargs(estimator, y, w, counts, base["balance_classes"])
+    estimator.fit(pre.apply(data["X_train"]), y, **kwargs)
+    return ModelBundle(Path("."), base["spec"], estimator, base["classes"], kind="sklearn",
+                       preprocess=pre), {}
 
 
-def sample_splits(client: Any, matrices: Any, size: int) -> dict[str, np.ndarray]:
-    """A bounded sample of the training and validation splits, from every partition."""
-    from mlaas_dask.train.matrix import balance_factors, bounded_sample
+def sample_splits(client: Client, matrices: Matrices, size: int) -> dict[str, np.ndarray]:
+    """A bounded sample of the training and validation splits, from every partition
+    (raw features and event weights, as the workers computed them)."""
+    from mlaas_dask.train.matrix import bounded_sample
 
     out = {}
     for split, limit in (("train", size), ("validation", max(1, size // 2))):
@@ -142,8 +175,6 @@ def sample_splits(client: Any, matrices: Any, size: int) -> dict[str, np.ndarray
             raise ConfigError(f"tune needs events in the {split} split.")
         values = bounded_sample(client, x, y, w, limit)
         out[f"X_{split}"], out[f"y_{split}"], out[f"w_{split}"] = values
-    factors = balance_factors(np.bincount(out["y_train"]))
-    out["w_train"] = (out["w_train"] * factors[out["y_train"]]).astype(np.float32)
     return out
 
 
@@ -172,22 +203,23 @@ def write_table(bundle: Path, trials: list[dict[str, Any]]) -> None:
         os.replace(tmp, bundle / name)
 
 
-def tune(job: Any, *, cluster: Any = None, out: str | Path | None = None,
-         overwrite: bool = False, progress: bool = True, log: Any = print) -> TuneResult:
+def tune(job: Job, *, cluster: str | ClusterConfig | Client | None = None,
+         out: str | Path | None = None, overwrite: bool = False,
+         progress: bool = True) -> TuneResult:
     """Search the job's ``tune.space`` on the cluster, then train the best configuration
     on all the data and write its bundle (with the trials table).
 
-    Parameters are those of :func:`mlaas_dask.train.train`.
+    The features are read once: the trials draw their samples from the matrices that
+    the final training then uses. Parameters are those of :func:`mlaas_dask.train.train`.
     """
     import dataclasses
 
-    import dask
     from distributed import progress as progress_bar
 
     from mlaas_dask.bundle import _check_target
-    from mlaas_dask.cluster import connect
-    from mlaas_dask.train import _prepare, train
-    from mlaas_dask.train.matrix import build_matrices
+    from mlaas_dask.cluster.placement import StagePlan
+    from mlaas_dask.train.pipeline import prepare, read_matrices, run
+    from mlaas_dask.cluster.session import cluster_session
 
     if job.tune is None:
         raise ConfigError(
@@ -195,25 +227,23 @@ def tune(job: Any, *, cluster: Any = None, out: str | Path | None = None,
             "tune:\n  trials: 8\n  space:\n    max_depth: [3, 4, 6]\n"
             "    eta: {low: 0.02, high: 0.3, log: true}"
         )
-    out = Path(out or job.output)
-    _check_target(out, overwrite)
+    target = Path(out or job.output)
+    _check_target(target, overwrite)
     settings = job.tune
     configs = configurations(settings.space, settings.trials, settings.method, settings.seed)
-    dataset, spec, plan = _prepare(job, log)
-    classes = job.dataset.classes
-    with connect(cluster if cluster is not None else job.cluster) as client, \
-            client.as_current(), dask.config.set({"optimization.fuse.active": False}):
-        log(f"Dask dashboard: {client.dashboard_link}")
-        matrices = build_matrices(client, dataset, plan, progress=progress)
+    t0 = time.perf_counter()
+    prepared = prepare(job)
+    classes = list(job.dataset.classes)
+    with cluster_session(cluster if cluster is not None else job.cluster) as client:
+        start = time.perf_counter()
+        matrices = read_matrices(client, prepared, StagePlan.for_client(client), progress)
+        read_seconds = time.perf_counter() - start
         data = sample_splits(client, matrices, settings.sample_size)
-        del matrices
-        base = _base(job, spec.n_features)
+        base = _base(job, prepared, matrices)
         if job.model.file:
-            from mlaas_dask.train.usermodel import share_model_file
-
-            share_model_file(client, job.model.file)
-        log(f"Running {len(configs)} trials on {len(data['y_train']):,} training and "
-            f"{len(data['y_validation']):,} validation events each:")
+            share_file(client, job.model.file)
+        logger.info(f"Running {len(configs)} trials on {len(data['y_train']):,} training and "
+                    f"{len(data['y_validation']):,} validation events each:")
         shared = client.scatter(data, broadcast=True)
         futures = client.map(run_trial, configs, data=shared, kind=job.model.kind, base=base,
                              n_classes=len(classes), pure=False)
@@ -221,30 +251,39 @@ def tune(job: Any, *, cluster: Any = None, out: str | Path | None = None,
             progress_bar(futures)
             print()
         trials = client.gather(futures)
+        del shared, futures
         ranked = sorted(trials, key=lambda t: -1.0 if t["auc"] is None else -t["auc"])
         if ranked[0]["auc"] is None:
             raise ConfigError("Every trial failed; the first error: "
                               f"{ranked[0].get('error')}. Check tune.space.")
-        log(table_markdown(ranked))
+        logger.info(table_markdown(ranked))
         best = ranked[0]
-        log(f"Best: {best['params']} (validation AUC {best['auc']:.4f}); training it on all "
-            "the data.")
+        logger.info(f"Best: {best['params']} (validation AUC {best['auc']:.4f}); training it "
+                    "on all the data.")
         best_model = dataclasses.replace(job.model, params={**job.model.params,
                                                             **best["params"]})
-        result = train(dataclasses.replace(job, model=best_model), cluster=client, out=out,
-                       overwrite=overwrite, progress=progress, log=log)
+        result = run(dataclasses.replace(job, model=best_model), client, prepared, target,
+                     overwrite=overwrite, progress=progress, t0=t0,
+                     matrices=(matrices, read_seconds))
     write_table(result.bundle, ranked)
     return TuneResult(ranked, best, result.bundle, result.metrics)
 
 
-def _base(job: Any, n_features: int) -> dict[str, Any]:
+def _base(job: Job, prepared: Prepared, matrices: Matrices) -> dict[str, Any]:
+    """What every trial needs besides its parameters and the sample: the job's model
+    settings, so that trials weight and preprocess as the final training does."""
     model = job.model
-    base: dict[str, Any] = {"params": dict(model.params), "fill_value": model.fill_value}
+    base: dict[str, Any] = {
+        "params": dict(model.params), "fill_value": model.fill_value, "scale": model.scale,
+        "balance_classes": model.balance_classes, "spec": prepared.spec,
+        "classes": list(job.dataset.classes),
+        "counts": matrices.stats["events_per_class"]["train"],
+    }
     if model.kind == "xgboost":
         base["num_boost_round"] = model.num_boost_round
         base["early_stopping_rounds"] = model.early_stopping_rounds
     else:
         from mlaas_dask.train.sklearn import make_estimator
 
-        base["estimator"] = make_estimator(model, n_features)
+        base["estimator"] = make_estimator(model, prepared.spec.n_features)
     return base

@@ -16,7 +16,7 @@ from types import ModuleType
 from typing import Any
 
 from mlaas_dask.errors import ConfigError
-from mlaas_dask.usercode import import_file, module_name, share_with_workers
+from mlaas_dask.usercode import import_file, module_name
 
 
 def estimator_from_class(path: str, params: dict[str, Any]) -> Any:
@@ -63,7 +63,7 @@ def estimator_from_file(path: str | Path, n_features: int) -> Any:
 
 
 def load_model_file(path: Path) -> ModuleType:
-    """Import a model file as a module (see :func:`share_model_file` for the workers)."""
+    """Import a model file as a module (see :func:`mlaas_dask.usercode.share_file` for the workers)."""
     if not path.is_file():
         raise ConfigError(f"Model file {path} does not exist. Check model.file in the job.")
     try:
@@ -75,13 +75,6 @@ def load_model_file(path: Path) -> ModuleType:
         ) from None
     except Exception as err:  # noqa: BLE001
         raise ConfigError(_user_traceback(path, err, "importing it raised")) from None
-
-
-def share_model_file(client: Any, path: str | Path) -> None:
-    """Make the model file's module importable on every worker, under the name it has
-    here, so that estimators of the user's own classes can travel to them."""
-    source = Path(path).read_bytes()
-    share_with_workers(client, source, module_name(source))
 
 
 def _user_traceback(path: Path, err: BaseException, what: str) -> str:

@@ -6,13 +6,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xgboost
@@ -28,7 +30,13 @@ from mlaas_dask.train.faults import (
     run_watched,
     wait_watched,
 )
+from mlaas_dask.train.fitted import Fitted
 from mlaas_dask.train.matrix import balance_factors
+
+if TYPE_CHECKING:
+    from mlaas_dask.train.pipeline import FitContext
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_PARAMS: dict[str, Any] = {
     "tree_method": "hist",
@@ -363,8 +371,7 @@ def _forget_topic(client: Any, topic: str) -> None:
 
 def train_resumable(client: Any, stages: Any, device: str, X: dict[str, Any],
                     y: dict[str, Any], w: dict[str, Any], boosting: Boosting,
-                    store: CheckpointStore, retries: Retries,
-                    log: Callable[..., Any] = print) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+                    store: CheckpointStore, retries: Retries) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """Train, resuming from the latest checkpoint each time a training worker is lost.
 
     Every attempt places the training splits anew (``stages.move_for_training``: on the
@@ -381,7 +388,7 @@ def train_resumable(client: Any, stages: Any, device: str, X: dict[str, Any],
     user = set(boosting.params)
     while True:
         try:
-            Xt, yt, wt = stages.move_for_training(device, X, y, w, log,
+            Xt, yt, wt = stages.move_for_training(device, X, y, w,
                                                   wait=_watched_wait(client))
             params = dict(boosting.params)
             if stages.train_threads and not {"nthread", "n_jobs"} & user:
@@ -425,21 +432,62 @@ def _warm_idle_workers(client: Any, train_workers: list[str] | None) -> None:
                                       workers=[address], allow_other_workers=False))
 
 
-def predict(client: Any, booster: Any, X: Any) -> Any:
-    """Lazy distributed scores of a dask array.
+def fit_xgboost(context: FitContext) -> Fitted:
+    """The XGBoost fitter of the pipeline: distributed training with early stopping on
+    the validation split, checkpointed and resumed after lost workers, then the test
+    split scored where it is."""
+    from mlaas_dask.bundle import MODEL_FILE, ModelBundle
+    from mlaas_dask.train import metrics as metrics_module
+    from mlaas_dask.train.pipeline import persist_scores
 
-    The booster goes to the workers as the result of a task, not as scattered data: if
-    the worker holding it dies, Dask makes it again (scattered data would be lost).
-    """
-    from distributed import wait
+    job, client, matrices, stages = context.job, context.client, context.matrices, context.stages
+    stats = matrices.stats
+    w_train = matrices.w["train"]
+    if job.model.balance_classes:
+        w_train = balanced_weights(matrices.y["train"], w_train,
+                                   stats["weight_per_class"]["train"])
+    device = resolve_device(client, job.model.device)
+    params = xgboost_params(len(context.classes), device, job.model.params)
+    logger.info("Training XGBoost on %s events per class (device=%s, up to %d rounds):",
+                stats["events_per_class"]["train"], device, job.model.num_boost_round)
+    start = time.perf_counter()
+    booster, history, params = _fit_checkpointed(context, device, {**matrices.w,
+                                                                   "train": w_train}, params)
+    train_seconds = time.perf_counter() - start
+    stages.ran("train", history.get("workers", []))
+    if stages.train_threads:  # predict on every worker again, with the worker's threads
+        threads = [w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values()]
+        booster.set_param({"nthread": max(1, min(threads))})
+    model = ModelBundle(context.out, context.spec, booster, context.classes, kind="xgboost")
+    scores, predict_seconds = persist_scores(client, model, matrices.X["test"], stages)
+    return Fitted(
+        model_file=MODEL_FILE, model_bytes=bytes(booster.save_raw("ubj")),
+        test_scores=scores,
+        model_metadata={"kind": "xgboost", "file": MODEL_FILE, "params": params,
+                        "device": device},
+        metrics={"best_iteration": history["best_iteration"], "rounds": history["rounds"],
+                 "feature_importance": metrics_module.importance(
+                     booster, context.spec.feature_names),
+                 "history": history["history"], "resumes": history["resumes"]},
+        timings={"train": train_seconds, "predict": predict_seconds},
+    )
 
-    model = client.submit(_booster, bytes(booster.save_raw("ubj")), booster.save_config(),
-                          pure=False)
-    wait(model)
-    return xgboost.dask.inplace_predict(client, model, X, missing=np.nan)
 
+def _fit_checkpointed(context: FitContext, device: str, w: dict[str, Any],
+                      params: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """XGBoost with checkpoints in a hidden folder next to the bundle (removed at the
+    end, whatever happens), resumed after lost workers up to ``model.max_retries``."""
+    from mlaas_dask.train.pipeline import checkpoint_folder
 
-def _booster(raw: bytes, config: str) -> Any:
-    booster = xgboost.Booster(model_file=bytearray(raw))
-    booster.load_config(config)  # the thread count among it
-    return booster
+    model = context.job.model
+    progress = logger.info if context.progress else None
+    boosting = Boosting(params, model.num_boost_round, model.early_stopping_rounds,
+                        checkpoint_every=model.checkpoint_every,
+                        collective_timeout=model.collective_timeout, progress=progress)
+    store = CheckpointStore(checkpoint_folder(context.out))
+    retries = Retries(context.client, "XGBoost training", model.max_retries)
+    try:
+        return train_resumable(context.client, context.stages, device, context.matrices.X,
+                               context.matrices.y, w, boosting, store, retries)
+    finally:
+        store.remove()

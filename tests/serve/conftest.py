@@ -105,7 +105,7 @@ def train_sklearn_bundle(out: Path, xgb: Trained) -> Trained:
     preprocess = Preprocess(0.0, tuple(mean.tolist()),
                             tuple(np.where(scale > 0, scale, 1.0).tolist()))
     estimator = LogisticRegression(max_iter=200).fit(preprocess.apply(xgb.matrix), labels)
-    model_file, data = serialise(estimator, log=print)
+    model_file, data = serialise(estimator)
     write_bundle(
         out, model=data, model_file=model_file, spec=xgb.spec,
         metadata={"classes": ["background", "signal"], "dataset": {"tree": "events",

@@ -149,7 +149,7 @@ def test_event_endpoint_equals_mlaas_predict(client, live_server: LiveServer, tr
 
     source = TUTORIAL / "ww.root"
     result = predict_files(trained.path, [str(source)], tmp_path / "scores", tree="events",
-                           cluster=client, progress=False, log=lambda *args: None)
+                           cluster=client, progress=False)
     table = pq.read_table(result.parquet).to_pandas().sort_values("entry")
     events = read_events("ww", trained.spec)
     assert len(table) == len(events) == 4580

@@ -1,0 +1,312 @@
+"""The one training pipeline, whatever the model:
+
+1. :func:`prepare` -- the job's dataset opened, its FeatureSpec resolved, the partition
+   plan (cut, weights, labels, split) made; no cluster needed yet;
+2. the feature matrices computed on the cluster (:func:`~mlaas_dask.train.matrix.build_matrices`),
+   held on the workers;
+3. the model kind's *fitter*, ``fitter(FitContext) -> Fitted`` (XGBoost, scikit-learn,
+   neural networks: see :func:`register_fitter`), which trains and gives lazy test scores;
+4. :func:`~mlaas_dask.train.finish.evaluate_and_write` -- the test split scored once,
+   metrics and plots, the bundle written atomically.
+
+``train``, ``tune`` and ``bench`` all run through :func:`run` inside one
+:func:`~mlaas_dask.cluster.session.cluster_session`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib
+import logging
+import platform
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mlaas_dask.errors import ConfigError, FeatureError
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from mlaas_dask.bundle import ModelBundle
+    from mlaas_dask.cluster.placement import StagePlan
+    from mlaas_dask.contracts import MatrixStats, Metrics
+    from mlaas_dask.data.dataset import Dataset
+    from mlaas_dask.features import FeatureSpec
+    from mlaas_dask.job import Job
+    from mlaas_dask.train.fitted import Fitted
+    from mlaas_dask.train.matrix import Matrices, PartitionPlan
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """Where the bundle went and what it scored."""
+
+    bundle: Path
+    metrics: Metrics
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A job ready to be read on a cluster: its dataset (files opened, branches checked),
+    the resolved FeatureSpec and the plan every partition task follows."""
+
+    dataset: Dataset
+    spec: FeatureSpec
+    plan: PartitionPlan
+
+
+@dataclass
+class FitContext:
+    """What a fitter gets: the job, the cluster, the feature matrices on the workers.
+
+    Attributes
+    ----------
+    matrices
+        Lazy dask arrays per split (``train``, ``validation``, ``test``): ``X`` (float32,
+        raw features, NaN for missing objects), ``y`` (int32 labels), ``w`` (float32
+        event weights), and their ``stats``.
+    stages
+        Which workers read and which train (:class:`~mlaas_dask.cluster.placement.StagePlan`).
+    out
+        The bundle's path: checkpoints go next to it (:func:`checkpoint_folder`).
+    """
+
+    job: Job
+    client: Client
+    matrices: Matrices
+    classes: list[str]
+    stages: StagePlan
+    out: Path
+    progress: bool
+    spec: FeatureSpec
+
+
+Fitter = Callable[[FitContext], "Fitted"]
+
+#: model kind -> its fitter, or "module:function" imported when first used (so that a
+#: job imports the libraries of its own model only)
+_FITTERS: dict[str, Fitter | str] = {
+    "xgboost": "mlaas_dask.train.xgb:fit_xgboost",
+    "sklearn": "mlaas_dask.train.sklearn:fit_sklearn",
+    "torch": "mlaas_dask.train.network:fit_network",
+    "keras": "mlaas_dask.train.network:fit_network",
+}
+
+
+def register_fitter(kind: str, fitter: Fitter | str) -> None:
+    """Train models of ``kind`` with ``fitter`` (a callable or ``"module:function"``)."""
+    _FITTERS[kind] = fitter
+
+
+def fitter_for(kind: str) -> Fitter:
+    """The fitter of a model kind.
+
+    Raises
+    ------
+    ConfigError
+        For a kind no fitter is registered for.
+    """
+    try:
+        fitter = _FITTERS[kind]
+    except KeyError:
+        raise ConfigError(f"No trainer for model kind {kind!r}; the kinds are "
+                          f"{', '.join(sorted(_FITTERS))}. Check model.kind in the job."
+                          ) from None
+    if isinstance(fitter, str):
+        module, _, name = fitter.partition(":")
+        fitter = getattr(importlib.import_module(module), name)
+        _FITTERS[kind] = fitter
+    return fitter
+
+
+def prepare(job: Job) -> Prepared:
+    """Open the job's dataset, check its branches and resolve its FeatureSpec.
+
+    Reads the file headers (and, for ``n: auto`` collections, a sample of events); runs
+    in the calling process, before any cluster is started.
+    """
+    from mlaas_dask.data.dataset import Dataset, Group
+    from mlaas_dask.train.matrix import PartitionPlan, cut_branches, sample_multiplicities
+
+    config = job.dataset
+    spec = job.features
+    groups = [Group(g.name, tuple(g.files), config.label_index(g), g.weight)
+              for g in config.groups]
+    needed = [*spec.branches(), *cut_branches(config.cut)]
+    needed += [b for b in (config.weight_branch, config.label_branch) if b]
+    dataset = Dataset(groups, config.tree, list(dict.fromkeys(needed)), config.step_size,
+                      optional_branches=config.id_branches, policy=config.policy,
+                      cache=config.feature_cache)
+    for item in dataset.unopened:
+        logger.info("Skipping %s (dataset.on_error: skip): %s", item["file"], item["error"])
+    spec.check_schema(dataset.jagged, where=f"tree {config.tree!r} of {dataset.files[0].path}")
+    if config.weight_branch and dataset.jagged[config.weight_branch]:
+        raise FeatureError(f"The weight branch {config.weight_branch!r} is a list per event; "
+                           "dataset.weight_branch needs one number per event.",
+                           branch=config.weight_branch)
+    if not spec.is_resolved:
+        spec = spec.resolve(sample_multiplicities(dataset, spec))
+        sized = {n: c.n for n, c in spec.collections.items()}
+        logger.info("Estimated objects per event from a sample: %s", sized)
+    ids = tuple(dataset.optional_present) if set(dataset.optional_present) == set(
+        config.id_branches) else ()
+    plan = PartitionPlan(
+        spec=spec, cut=config.cut, weight_branch=config.weight_branch, id_branches=ids,
+        fractions=(job.split.train, job.split.validation), seed=job.split.seed,
+        group_weights=tuple(g.weight for g in groups), labels=tuple(g.label for g in groups),
+        n_classes=len(config.classes), label_branch=config.label_branch,
+    )
+    logger.info("Dataset: %d files, %s events, %d partitions; reading %d branches; "
+                "%d features.", len(dataset.files), f"{dataset.entries:,}",
+                len(dataset.partitions), len(dataset.branches), spec.n_features)
+    return Prepared(dataset, spec, plan)
+
+
+def read_matrices(client: Client, prepared: Prepared, stages: StagePlan,
+                  progress: bool) -> Matrices:
+    """Stage 2: every partition read and turned into features on the (reading) workers,
+    the results held there; the read report logged."""
+    from mlaas_dask.cluster.placement import holders
+    from mlaas_dask.train.matrix import build_matrices, format_report
+
+    logger.info("Reading events and computing features:")
+    matrices = build_matrices(client, prepared.dataset, prepared.plan, progress=progress,
+                              workers=stages.read_workers)
+    stages.ran("read_features", holders(client, matrices.futures))
+    for line in format_report(matrices.stats["read_report"]):
+        logger.info(line)
+    return matrices
+
+
+def run(job: Job, client: Client, prepared: Prepared, out: Path, *, overwrite: bool = False,
+        progress: bool = True, placement: dict[str, str] | None = None,
+        t0: float | None = None,
+        matrices: tuple[Matrices, float] | None = None) -> TrainResult:
+    """Stages 2 to 4 on a connected client (inside a
+    :func:`~mlaas_dask.cluster.session.cluster_session`).
+
+    ``matrices``: the feature matrices already read (and the seconds that took), e.g. by
+    ``tune``, instead of reading them again.
+    """
+    from mlaas_dask.cluster import describe
+    from mlaas_dask.cluster.placement import StagePlan
+    from mlaas_dask.train.finish import evaluate_and_write
+
+    t0 = time.perf_counter() if t0 is None else t0
+    cluster_info = describe(client)
+    fitter = fitter_for(job.model.kind)
+    start = time.perf_counter()
+    stages = StagePlan.for_client(client, placement)
+    if matrices is None:
+        read = read_matrices(client, prepared, stages, progress)
+        timings = {"read_features": time.perf_counter() - start}
+    else:
+        from mlaas_dask.cluster.placement import holders
+
+        read, timings = matrices[0], {"read_features": matrices[1]}
+        stages.ran("read_features", holders(client, read.futures))
+    context = FitContext(job, client, read, list(job.dataset.classes), stages, out,
+                         progress, prepared.spec)
+    fitted = fitter(context)
+    timings.update(fitted.timings)
+    metadata = describe_job(job, prepared, read.stats, cluster_info)
+    metadata["placement"] = stages.record()
+    bundle, metrics = evaluate_and_write(client, fitted, read, context.classes, timings,
+                                         t0, out, overwrite, prepared.spec, metadata)
+    return TrainResult(bundle, metrics, {**metadata, "model": fitted.model_metadata})
+
+
+def score_matrix(client: Client, model: ModelBundle, X: Any) -> Any:
+    """Lazy scores of a dask feature matrix (raw features) by an in-memory bundle: the
+    one way a model is applied to the cluster's matrices (test scores of every kind,
+    through :meth:`ModelBundle.predict_matrix` and its preprocessing, as ``mlaas
+    predict`` and the server apply it).
+
+    The bundle goes to the workers as the result of a task, not as scattered data: if
+    the worker holding it dies, Dask makes it again (scattered data would be lost).
+    """
+    from distributed import wait
+
+    shared = client.submit(_same, model, pure=False)
+    wait(shared)
+    columns = len(model.classes)
+    if model.is_binary:
+        return X.map_blocks(_predict_block, shared, drop_axis=1, dtype=np.float32)
+    return X.map_blocks(_predict_block, shared, chunks=(X.chunks[0], (columns,)),
+                        dtype=np.float32)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _predict_block(block: np.ndarray, model: ModelBundle) -> np.ndarray:
+    return np.asarray(model.predict_matrix(block), dtype=np.float32)
+
+
+def persist_scores(client: Client, model: ModelBundle, X: Any,
+                   stages: StagePlan | None = None) -> tuple[Any, float]:
+    """:func:`score_matrix`, computed and held on the workers: the scores and the
+    seconds it took (the ``predict`` stage of metrics.json)."""
+    from distributed import futures_of, wait
+
+    from mlaas_dask.cluster.placement import holders
+
+    start = time.perf_counter()
+    scores = client.persist(score_matrix(client, model, X))
+    wait(futures_of(scores))
+    if stages is not None:
+        stages.ran("predict", holders(client, futures_of(scores)))
+    return scores, time.perf_counter() - start
+
+
+def checkpoint_folder(out: Path) -> Path:
+    """Where a job writing the bundle ``out`` keeps its training checkpoints: a hidden
+    folder of its own next to the bundle (like the bundle's own staging folder)."""
+    return out.parent / f".{out.name}.checkpoint-{uuid.uuid4().hex[:12]}"
+
+
+def describe_job(job: Job, prepared: Prepared, stats: MatrixStats,
+                 cluster_info: dict[str, Any]) -> dict[str, Any]:
+    """metadata.json's entries that do not depend on the model kind (the fitter gives
+    ``model``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for package in ("mlaas_dask", "xgboost", "uproot", "awkward", "dask", "distributed",
+                    "dask-awkward", "numpy", "isal", "scikit-learn", "torch", "onnx",
+                    "onnxruntime", "keras"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    plan, dataset = prepared.plan, prepared.dataset
+    return {
+        "classes": list(job.dataset.classes),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "features": {"names": plan.spec.feature_names, "count": plan.spec.n_features},
+        "dataset": {**dataset.summary(), "cut": job.dataset.cut,
+                    "weight_branch": job.dataset.weight_branch,
+                    "id_branches": list(plan.id_branches)},
+        "data_summary": {
+            "events_read": stats["events_read"],
+            "events_selected": stats["events_selected"],
+            "events_per_class": stats["events_per_class"],
+            "nonfinite_inputs": stats["nonfinite_inputs"],
+            "read_report": stats.get("read_report"),
+        },
+        "split": {"train": job.split.train, "validation": job.split.validation,
+                  "test": job.split.test, "seed": job.split.seed,
+                  "by": list(plan.id_branches) or ["file", "entry"]},
+        "cluster": cluster_info,
+        "versions": versions,
+    }
