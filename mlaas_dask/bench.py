@@ -18,7 +18,7 @@ import re
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from mlaas_dask.errors import MlaasError, first_line
 
@@ -37,11 +37,11 @@ STAGES = (("read_features", "read+features"), ("train", "train"), ("predict", "p
 def bench_one(job: Job, cluster: str | ClusterConfig | Client, out: Path) -> BenchRow:
     """Train ``job`` on one cluster; a row of figures (or the error that stopped it)."""
     from mlaas_dask.cluster import describe
+    from mlaas_dask.cluster.session import cluster_session
     from mlaas_dask.logs import quiet
     from mlaas_dask.train.pipeline import prepare, run
-    from mlaas_dask.cluster.session import cluster_session
 
-    row: BenchRow = {"cluster": str(cluster)}
+    row: dict[str, Any] = {"cluster": str(cluster)}
     start = time.perf_counter()
     try:
         with cluster_session(cluster) as client:
@@ -52,7 +52,7 @@ def bench_one(job: Job, cluster: str | ClusterConfig | Client, out: Path) -> Ben
     except (MlaasError, OSError, TimeoutError) as err:
         row["error"] = first_line(err)
         logger.info(f"  {cluster}: failed: {row['error']}")
-        return row
+        return cast("BenchRow", row)
     metrics, metadata = result.metrics, result.metadata
     seconds = metrics["seconds"]
     per_class = metrics["events_per_class"]
@@ -73,14 +73,14 @@ def bench_one(job: Job, cluster: str | ClusterConfig | Client, out: Path) -> Ben
                    for stage, record in metadata.get("placement", {}).items()},
     )
     for stage, _ in STAGES:
-        row[f"{stage}_s"] = seconds.get(stage)  # type: ignore[literal-required]
-        row[f"{stage}_events"] = events[stage]  # type: ignore[literal-required]
-        row[f"{stage}_events_per_s"] = (  # type: ignore[literal-required]
-            events[stage] / seconds[stage] if seconds.get(stage) else None)
+        row[f"{stage}_s"] = seconds.get(stage)
+        row[f"{stage}_events"] = events[stage]
+        row[f"{stage}_events_per_s"] = (events[stage] / seconds[stage]
+                                        if seconds.get(stage) else None)
     logger.info(f"  {cluster}: AUC {_num(row['auc'], 4)}, read+features "
         f"{_num(row['read_features_s'])} s, train {_num(row['train_s'])} s, predict "
         f"{_num(row['predict_s'])} s")
-    return row
+    return cast("BenchRow", row)
 
 
 def run_bench(job: Job, clusters: list[str | ClusterConfig | Client], out: str | Path, *,
@@ -100,7 +100,7 @@ def run_bench(job: Job, clusters: list[str | ClusterConfig | Client], out: str |
     if all("error" in row for row in rows):
         raise MlaasError("Every cluster failed: " + "; ".join(
             f"{row['cluster']}: {row['error']}" for row in rows))
-    report = {
+    report: dict[str, Any] = {
         "job": str(job.source) if getattr(job, "source", None) else None,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "host": platform.node(),
@@ -162,8 +162,8 @@ def chart(rows: list[BenchRow]) -> bytes:
     fig = Figure(figsize=(15, 4.5), dpi=100)
     axes = fig.subplots(1, 3)
     for offset, (stage, label) in enumerate(STAGES):
-        seconds = [row[f"{stage}_s"] or 0 for row in done]
-        rates = [row[f"{stage}_events_per_s"] or 0 for row in done]
+        seconds = [row.get(f"{stage}_s") or 0 for row in done]
+        rates = [row.get(f"{stage}_events_per_s") or 0 for row in done]
         axes[0].bar(x + (offset - 1) * width, seconds, width, label=label)
         axes[1].bar(x + (offset - 1) * width, rates, width, label=label)
     axes[0].set_ylabel("wall time [s]")

@@ -19,7 +19,7 @@ from typing import TextIO
 NAME = "mlaas_dask"
 
 
-class _CurrentStdout(logging.StreamHandler):  # type: ignore[type-arg]
+class _CurrentStdout(logging.StreamHandler):
     """A stream handler that writes to whatever ``sys.stdout`` is when a line is logged
     (pytest's capture, a notebook's cell output), not the one at import."""
 
@@ -27,7 +27,7 @@ class _CurrentStdout(logging.StreamHandler):  # type: ignore[type-arg]
         super().__init__()
         self.setFormatter(logging.Formatter("%(message)s"))
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> TextIO:
         return sys.stdout
 

@@ -32,13 +32,13 @@ import numpy as np
 
 from mlaas_dask.bundle import ModelBundle
 from mlaas_dask.data.rootio import write_ttree
+from mlaas_dask.errors import MlaasError
 from mlaas_dask.outputs import (
     check_free_space,
     plain_names,
     reporting_full_disk,
     size_on_disk,
 )
-from mlaas_dask.errors import MlaasError
 
 if TYPE_CHECKING:
     from distributed import Client

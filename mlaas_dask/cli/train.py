@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlaas_dask.contracts import Metrics
 
 EPILOG = """\
 examples:
@@ -116,7 +119,7 @@ def _job(args: argparse.Namespace) -> Any:
                          base=Path.cwd())
 
 
-def _how_fitted(metrics: dict[str, Any]) -> str:
+def _how_fitted(metrics: Metrics) -> str:
     """XGBoost's best round, or how a scikit-learn model was fitted."""
     if "rounds" in metrics:
         return f"best round {metrics['rounds']}"

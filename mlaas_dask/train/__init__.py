@@ -49,8 +49,8 @@ def train(
         ``{"read": "cpu", "train": "gpu"}`` (rules: auto, any, cpu, gpu, a resource tag).
     """
     from mlaas_dask.bundle import _check_target
-    from mlaas_dask.train.pipeline import run
     from mlaas_dask.cluster.session import cluster_session
+    from mlaas_dask.train.pipeline import run
 
     target = Path(out or job.output)
     _check_target(target, overwrite)  # fail before any work, not after

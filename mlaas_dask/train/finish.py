@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from mlaas_dask.train import metrics as metrics_module
 from mlaas_dask.train.fitted import Fitted
@@ -39,7 +39,7 @@ def evaluate_and_write(client: Client, fitted: Fitted, matrices: Matrices, class
     timings["evaluate"] = time.perf_counter() - start
     timings["total"] = time.perf_counter() - t0
     stats = matrices.stats
-    metrics: Metrics = {  # type: ignore[typeddict-unknown-key]
+    metrics = cast("Metrics", {
         "auc": test.get("auc"),
         **{k: v for k, v in test.items() if k != "auc"},
         "classes": classes,
@@ -48,7 +48,7 @@ def evaluate_and_write(client: Client, fitted: Fitted, matrices: Matrices, class
         "seconds": {k: round(v, 3) for k, v in timings.items()},
         "events_per_second_read_features": round(stats["events_read"]
                                                  / max(timings["read_features"], 1e-9)),
-    }
+    })
     bundle = write_bundle(out, model=fitted.model_bytes, model_file=fitted.model_file,
                           spec=spec, metadata={**metadata, "model": fitted.model_metadata},
                           metrics=metrics, extra_files={**plots, **fitted.files},

@@ -7,17 +7,16 @@ and become dask arrays with known chunk sizes for ``xgboost.dask``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import math
-
 import numpy as np
 
+from mlaas_dask.contracts import MatrixStats, ReadReport
 from mlaas_dask.data.dataset import Dataset, Partition, PartitionSource
 from mlaas_dask.data.remote import ReadFailure, display, failure_record, max_files_unopened
 from mlaas_dask.errors import DataError, FeatureError
-from mlaas_dask.contracts import MatrixStats, ReadReport
 from mlaas_dask.features import Expression, FeatureSpec
 from mlaas_dask.train.split import SPLIT_NAMES, assign_split, file_key
 
@@ -45,7 +44,7 @@ class Matrices:
     X: dict[str, Any]
     y: dict[str, Any]
     w: dict[str, Any]
-    stats: MatrixStats = field(default_factory=lambda: MatrixStats())
+    stats: MatrixStats = field(default_factory=MatrixStats)
     #: the per-partition results held on the workers (release them to free memory)
     futures: list[Any] = field(default_factory=list)
 
@@ -205,7 +204,8 @@ def cut_branches(cut: str | None) -> list[str]:
     return sorted(Expression(cut, "selection cut").names) if cut else []
 
 
-def sample_multiplicities(dataset: Dataset, spec: FeatureSpec, sample: int = 100_000) -> dict[str, np.ndarray]:
+def sample_multiplicities(dataset: Dataset, spec: FeatureSpec,
+                          sample: int = 100_000) -> dict[str, np.ndarray]:
     """Objects per event of every ``n: auto`` collection, from the first events of the
     first readable file of each group (a sample, not a full pass; with ``on_error: skip``
     unreadable partitions are passed over, see :meth:`Dataset.sample`)."""
@@ -340,7 +340,7 @@ def read_report(stats: list[dict[str, Any]], dataset: Dataset) -> ReadReport:
     files_listed = dataset.files_listed
     files_opened = files_listed - len(dataset.unopened)
     fraction = read / planned if planned else 0.0
-    report: dict[str, Any] = {
+    report: ReadReport = {
         "on_error": policy.on_error,
         "min_fraction": policy.min_fraction,
         "rule": SKIP_RULE,

@@ -18,7 +18,7 @@ def evaluate(
     """
     from sklearn.metrics import roc_auc_score
 
-    out: dict[str, Any] = {"events": int(len(y))}
+    out: dict[str, Any] = {"events": len(y)}
     if len(np.unique(y)) < 2:
         out["auc"] = None
         return out

@@ -139,7 +139,7 @@ def _incremental(client: Any, estimator: Any, X: dict[str, Any], matrices: Any,
     wait([x_train, y_train])  # the epochs below time partial_fit alone
     mix_seconds = time.perf_counter() - start
     chain = BlockChain(client, estimator, list(zip(_block_futures(x_train),
-                                                   _block_futures(y_train))),
+                                                   _block_futures(y_train), strict=True)),
                        np.arange(len(classes)), seed, model.checkpoint_every)
     retries = Retries(client, f"partial_fit of {type(estimator).__name__}", model.max_retries)
     history: list[float] = []
@@ -151,7 +151,8 @@ def _incremental(client: Any, estimator: Any, X: dict[str, Any], matrices: Any,
         if X["validation"].shape[0] > 0:
             history.append(_validation_loss(client, fitted, X["validation"],
                                             matrices.y["validation"], len(classes)))
-            logger.info(f"  epoch {epoch + 1:>3}/{model.epochs}  validation-logloss={history[-1]:.4f}")
+            logger.info(f"  epoch {epoch + 1:>3}/{model.epochs}  "
+                        f"validation-logloss={history[-1]:.4f}")
     blocks = len(x_train.chunks[0])
     del x_train, y_train
     return fitted, {
@@ -328,7 +329,7 @@ def _on_sample(client: Any, estimator: Any, X: dict[str, Any], matrices: Any,
                 f"{len(ys):,} of the {total:,} training events (model.sample_size).")
     kwargs = sample_fit_kwargs(estimator, ys, ws, counts, model.balance_classes)
     estimator.fit(xs, ys, **kwargs)
-    return estimator, {"fit": "sample", "sample_events": int(len(ys)),
+    return estimator, {"fit": "sample", "sample_events": len(ys),
                        "training_events": int(total),
                        "event_weights_used": "sample_weight" in kwargs}
 
@@ -368,9 +369,9 @@ def serialise(estimator: Any) -> tuple[str, bytes]:
     except Exception as err:  # noqa: BLE001 - skops raises many kinds for odd objects
         import cloudpickle
 
-        logger.warning(f"skops cannot store {type(estimator).__name__} ({type(err).__name__}: {err}); "
-            "the bundle holds a pickle instead, usable locally with --allow-pickle and "
-            "refused by the server.")
+        logger.warning(f"skops cannot store {type(estimator).__name__} "
+                       f"({type(err).__name__}: {err}); the bundle holds a pickle instead, "
+                       "usable locally with --allow-pickle and refused by the server.")
         return "model.pkl", cloudpickle.dumps(estimator)
 
 

@@ -66,9 +66,10 @@ def configurations(space: dict[str, Any], trials: int, method: str, seed: int
     if method == "grid":
         ranges = [n for n, v in space.items() if isinstance(v, dict)]
         if ranges:
+            verb = "is a range" if len(ranges) == 1 else "are ranges"
             raise ConfigError(f"tune.method: grid needs lists of values, but "
-                              f"{', '.join(ranges)} {'is a range' if len(ranges) == 1 else 'are ranges'};"
-                              " use method: random or list the values.")
+                              f"{', '.join(ranges)} {verb}; use method: random or list the "
+                              "values.")
         grid = [dict(zip(space, combo, strict=True))
                 for combo in itertools.product(*space.values())]
         return grid[:trials]
@@ -85,7 +86,7 @@ def _draw(rng: np.random.Generator, values: Any) -> Any:
         value = math.exp(rng.uniform(math.log(low), math.log(high)))
     else:
         value = rng.uniform(low, high)
-    return int(round(value)) if values.get("int") else float(value)
+    return round(value) if values.get("int") else float(value)
 
 
 def run_trial(config: dict[str, Any], data: dict[str, np.ndarray], kind: str,
@@ -218,8 +219,8 @@ def tune(job: Job, *, cluster: str | ClusterConfig | Client | None = None,
 
     from mlaas_dask.bundle import _check_target
     from mlaas_dask.cluster.placement import StagePlan
-    from mlaas_dask.train.pipeline import prepare, read_matrices, run
     from mlaas_dask.cluster.session import cluster_session
+    from mlaas_dask.train.pipeline import prepare, read_matrices, run
 
     if job.tune is None:
         raise ConfigError(

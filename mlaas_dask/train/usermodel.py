@@ -2,8 +2,8 @@
 
 A model file is a Python file that defines ``model()`` or ``model(n_features)`` returning
 an estimator. It is loaded on the client, and uploaded to the Dask workers under the same
-module name, so that estimators of the user's own classes can travel to them. Errors inside the file are reported with
-the user's own traceback lines, not ours.
+module name, so that estimators of the user's own classes can travel to them. Errors
+inside the file are reported with the user's own traceback lines, not ours.
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ def estimator_from_file(path: str | Path, n_features: int) -> Any:
 
 
 def load_model_file(path: Path) -> ModuleType:
-    """Import a model file as a module (see :func:`mlaas_dask.usercode.share_file` for the workers)."""
+    """Import a model file as a module (:func:`mlaas_dask.usercode.share_file` shares it
+    with the workers)."""
     if not path.is_file():
         raise ConfigError(f"Model file {path} does not exist. Check model.file in the job.")
     try:

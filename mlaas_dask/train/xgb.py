@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xgboost
-import xgboost.dask  # noqa: F401 - must be imported explicitly
+import xgboost.dask
 
 from mlaas_dask.errors import ConfigError, first_line
 from mlaas_dask.train.faults import (
@@ -371,7 +371,8 @@ def _forget_topic(client: Any, topic: str) -> None:
 
 def train_resumable(client: Any, stages: Any, device: str, X: dict[str, Any],
                     y: dict[str, Any], w: dict[str, Any], boosting: Boosting,
-                    store: CheckpointStore, retries: Retries) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+                    store: CheckpointStore, retries: Retries,
+                    ) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """Train, resuming from the latest checkpoint each time a training worker is lost.
 
     Every attempt places the training splits anew (``stages.move_for_training``: on the
