@@ -25,7 +25,7 @@ from mlaas_dask.errors import MlaasError, first_line
 if TYPE_CHECKING:
     from distributed import Client
 
-    from mlaas_dask.cluster import ClusterConfig
+    from mlaas_dask.cluster import ClusterSpec
     from mlaas_dask.contracts import BenchRow
     from mlaas_dask.job import Job
 
@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 STAGES = (("read_features", "read+features"), ("train", "train"), ("predict", "predict"))
 
 
-def bench_one(job: Job, cluster: str | ClusterConfig | Client, out: Path) -> BenchRow:
+def bench_one(job: Job, cluster: ClusterSpec | Client, out: Path) -> BenchRow:
     """Train ``job`` on one cluster; a row of figures (or the error that stopped it)."""
     from mlaas_dask.cluster import describe
     from mlaas_dask.cluster.session import cluster_session
@@ -83,7 +83,7 @@ def bench_one(job: Job, cluster: str | ClusterConfig | Client, out: Path) -> Ben
     return cast("BenchRow", row)
 
 
-def run_bench(job: Job, clusters: list[str | ClusterConfig | Client], out: str | Path, *,
+def run_bench(job: Job, clusters: list[ClusterSpec | Client], out: str | Path, *,
               keep_bundles: bool = False) -> dict[str, Any]:
     """Run ``job`` on every cluster in turn and write bench.json, bench.md, bench.png."""
     from importlib.metadata import version

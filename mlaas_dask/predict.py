@@ -43,7 +43,7 @@ from mlaas_dask.outputs import (
 if TYPE_CHECKING:
     from distributed import Client
 
-    from mlaas_dask.cluster import ClusterConfig
+    from mlaas_dask.cluster import ClusterSpec
     from mlaas_dask.data.remote import ReadPolicy
 
 logger = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def predict_files(
     out: str | os.PathLike[str],
     *,
     tree: str | None = None,
-    cluster: str | ClusterConfig | Client = "local",
+    cluster: ClusterSpec | Client = "local",
     step_size: int = 500_000,
     overwrite: bool = False,
     progress: bool = True,

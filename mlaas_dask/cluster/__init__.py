@@ -36,7 +36,7 @@ import contextlib
 import os
 import weakref
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from mlaas_dask.cluster.address import AddressBackend
 from mlaas_dask.cluster.backend import (
@@ -62,8 +62,16 @@ from mlaas_dask.cluster.placement import Placement
 from mlaas_dask.cluster.slurm import SlurmBackend
 from mlaas_dask.errors import ConfigError, MlaasError
 
+if TYPE_CHECKING:
+    from distributed import Client
+
+#: what names a cluster: ``"local"``, ``"local:N"``, a cluster file's name (``NAME[:N]``)
+#: or path, a scheduler address ``tcp://host:port``, a :class:`ClusterConfig`, or a
+#: mapping with a cluster file's keys
+ClusterSpec: TypeAlias = "str | os.PathLike[str] | ClusterConfig | dict[str, Any]"
+
 __all__ = [
-    "ClusterBackend", "ClusterConfig", "Placement", "available_clusters", "backend_names",
+    "ClusterBackend", "ClusterConfig", "ClusterSpec", "Placement", "available_clusters", "backend_names",
     "backends", "cluster_from_text", "config_of", "connect", "describe", "example",
     "get_backend", "load_cluster", "load_cluster_file", "local_cluster_options",
     "register_backend", "start", "stop", "unregister_backend",
@@ -95,7 +103,7 @@ def local_cluster_options(n_workers: int | None = None,
     }
 
 
-def start(cluster: Any = "local", **options: Any) -> Any:
+def start(cluster: ClusterSpec = "local", **options: Any) -> Client:
     """Start (or join) a cluster and return a connected :class:`distributed.Client`.
 
     Waits for the workers the cluster file asks for (``wait``). Close it with
@@ -141,7 +149,7 @@ def start(cluster: Any = "local", **options: Any) -> Any:
     return client
 
 
-def stop(client: Any) -> None:
+def stop(client: Client) -> None:
     """Close a client from :func:`start`, and the cluster it started (cancelling its jobs)."""
     config_owned = _STARTED.pop(client, None)
     try:
@@ -152,7 +160,7 @@ def stop(client: Any) -> None:
 
 
 @contextlib.contextmanager
-def connect(cluster: Any = "local", **options: Any) -> Iterator[Any]:
+def connect(cluster: ClusterSpec | Client = "local", **options: Any) -> Iterator[Client]:
     """A connected :class:`distributed.Client`, closed (with its cluster) on exit.
 
     Parameters
@@ -200,7 +208,7 @@ def _wait(client: Any, config: ClusterConfig, owned: Any) -> None:
                          + config.backend.hint(config, owned)) from err
 
 
-def describe(client: Any) -> dict[str, Any]:
+def describe(client: Client) -> dict[str, Any]:
     """Workers, threads, memory and resources of a connected client (for metadata)."""
     info = client.scheduler_info()
     workers = info.get("workers", {})

@@ -5,16 +5,18 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from distributed import Client
+
+    from mlaas_dask.cluster import ClusterSpec
 
 logger = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def cluster_session(cluster: Any) -> Iterator[Client]:
+def cluster_session(cluster: ClusterSpec | Client) -> Iterator[Client]:
     """Connect to ``cluster`` and make it ready for a job; yield the client.
 
     ``cluster`` is what :func:`mlaas_dask.cluster.connect` takes: ``"local"``,

@@ -13,14 +13,14 @@ from mlaas_dask.train.pipeline import Prepared, TrainResult, prepare
 if TYPE_CHECKING:
     from distributed import Client
 
-    from mlaas_dask.cluster import ClusterConfig
+    from mlaas_dask.cluster import ClusterSpec
     from mlaas_dask.job import Job
 
 
 def train(
     job: Job,
     *,
-    cluster: str | ClusterConfig | Client | None = None,
+    cluster: ClusterSpec | Client | None = None,
     out: str | Path | None = None,
     overwrite: bool = False,
     progress: bool = True,

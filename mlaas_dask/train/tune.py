@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from distributed import Client
 
     from mlaas_dask.bundle import ModelBundle
-    from mlaas_dask.cluster import ClusterConfig
+    from mlaas_dask.cluster import ClusterSpec
     from mlaas_dask.contracts import Metrics
     from mlaas_dask.job import Job
     from mlaas_dask.train.matrix import Matrices
@@ -204,7 +204,7 @@ def write_table(bundle: Path, trials: list[dict[str, Any]]) -> None:
         os.replace(tmp, bundle / name)
 
 
-def tune(job: Job, *, cluster: str | ClusterConfig | Client | None = None,
+def tune(job: Job, *, cluster: ClusterSpec | Client | None = None,
          out: str | Path | None = None, overwrite: bool = False,
          progress: bool = True) -> TuneResult:
     """Search the job's ``tune.space`` on the cluster, then train the best configuration
