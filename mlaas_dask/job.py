@@ -185,9 +185,13 @@ MODEL_SCHEMA = {
                               default=10, check=non_negative),
     "max_retries": Field((int,), "lost workers that training resumes after before the job "
                          "fails", default=2, check=non_negative),
-    "collective_timeout": Field((int,), "seconds an XGBoost collective operation may wait "
-                                "for another worker before training fails", default=300,
+    "collective_timeout": Field((int,), "seconds an XGBoost collective operation (or a "
+                                "data-parallel network's allreduce) may wait for another "
+                                "worker before training fails", default=300,
                                 check=positive),
+    "workers": Field((int,), "workers that train a neural network together, data-parallel "
+                     "(torch.distributed: gloo on CPU, NCCL on GPU), each on the partitions "
+                     "it holds; 1: one worker", default=1, check=positive),
 }
 
 SPLIT_SCHEMA = {
@@ -334,6 +338,7 @@ class ModelConfig:
     seed: int = 0
     stream: bool = False
     outputs: str | None = None
+    workers: int = 1
 
 
 @dataclass

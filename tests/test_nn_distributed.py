@@ -5,9 +5,11 @@ partition assignment and step counts that keep the ranks in step."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +23,6 @@ from mlaas_dask.nn.distributed import (  # noqa: E402 - after the importorskip
     parameter_digest,
     run_ranks,
     steps_per_epoch,
-    wrap_ddp,
 )
 
 
@@ -72,8 +73,11 @@ def test_every_rank_runs_on_its_worker_and_the_collective_works(cluster: Any) ->
 def train_ddp(context: RankContext, epochs: int, steps: int) -> dict[str, Any]:
     """A small model trained by DDP on data of this rank only; its digests per epoch."""
     torch.manual_seed(context.rank)  # different initial weights: DDP must broadcast
-    model = wrap_ddp(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(),
-                                         torch.nn.Linear(8, 1)), context)
+    from mlaas_dask.nn.trainer import wrap_model
+
+    network = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    model = wrap_model(network, context.rank, context.world, context.group,
+                       torch.device("cpu"))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     generator = torch.Generator().manual_seed(100 + context.rank)
     digests, done = [parameter_digest(model)], 0
@@ -181,3 +185,48 @@ def test_every_rank_gets_the_steps_of_the_rank_with_most_rows() -> None:
     assert steps_per_epoch([1000, 900], 100) == 10
     assert steps_per_epoch([1001, 10], 100) == 11
     assert steps_per_epoch([0, 0], 100) == 0
+
+
+MLP = '''\
+import torch
+
+
+def model(n_features):
+    return torch.nn.Sequential(torch.nn.Linear(n_features, 32), torch.nn.ReLU(),
+                               torch.nn.Linear(32, 1))
+'''
+
+
+@pytest.mark.slow
+def test_a_network_trains_data_parallel_through_the_cli(cluster: Any, tmp_path: Path,
+                                                        capsys: Any) -> None:
+    """model.workers: 2 -- both ranks train (equal step counts), on the partitions their
+    worker holds, with equal parameters after every epoch; the bundle scores well."""
+    from mlaas_dask.bundle import ModelBundle
+    from mlaas_dask.cli import main
+
+    from test_models import sample_job
+
+    (tmp_path / "net.py").write_text(MLP)
+    job = tmp_path / "job.yaml"
+    job.write_text(sample_job(tmp_path, "{file: net.py, epochs: 3, batch_size: 128, "
+                              "workers: 2}", n=4000, step=500))
+    out = tmp_path / "bundle"
+    code = main(["train", str(job), "--cluster", cluster.scheduler.address, "--out",
+                 str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "Data-parallel training on 2 workers (gloo" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    parallel = metrics["data_parallel"]
+    ranks = parallel["per_rank"]
+    assert parallel["ranks"] == 2 and parallel["backend"] == "gloo"
+    assert sorted(r["worker"] for r in ranks) == workers_of(cluster)
+    steps = parallel["steps_per_epoch"]
+    assert steps > 0 and [r["steps"] for r in ranks] == [3 * steps, 3 * steps]
+    assert all(r["rows"] > 0 for r in ranks)  # both trained on events of their own
+    assert sum(r["rows"] for r in ranks) == sum(metrics["events_per_class"]["train"])
+    assert ranks[0]["digests"] == ranks[1]["digests"]  # in step after every epoch
+    assert len(set(ranks[0]["digests"])) == 3  # and training changed them every epoch
+    assert metrics["auc"] > 0.75  # 0.5 would be no learning
+    assert ModelBundle.load(out).kind == "onnx"

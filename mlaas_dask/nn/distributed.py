@@ -25,11 +25,12 @@ import math
 import socket
 import traceback
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from mlaas_dask.errors import ConfigError, MlaasError
+from mlaas_dask.nn.loader import Loader
 
 if TYPE_CHECKING:
     import torch
@@ -292,23 +293,6 @@ def _is_collective_error(error: BaseException) -> bool:
                                    "Gloo", "NCCL", "timed out", "Timed out"))
 
 
-def wrap_ddp(module: torch.nn.Module, context: RankContext,
-             device: torch.device | str = "cpu") -> torch.nn.Module:
-    """``module`` on ``device`` as a DistributedDataParallel replica of the job's group
-    (its parameters broadcast from rank 0, gradients averaged over the ranks).
-
-    A one-rank job gets the module itself: there is nothing to average."""
-    import torch
-    from torch.nn.parallel import DistributedDataParallel
-
-    device = torch.device(device)
-    module = module.to(device)
-    if context.world == 1:
-        return module
-    ids = [device] if device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=ids, process_group=context.group)
-
-
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:
     """The module inside a DistributedDataParallel wrapper (or ``module`` itself)."""
     return getattr(module, "module", module)
@@ -385,3 +369,163 @@ def holders_of(client: Client, futures: Sequence[Any]) -> list[str | None]:
     """Per future, one worker holding its result (None when none does yet)."""
     who = client.who_has(list(futures))
     return [next(iter(who.get(f.key, ())), None) for f in futures]
+
+
+# -- data-parallel training of a network (the pipeline's hook) ------------------------
+
+
+def train_ranks(client: Client, config: Any, data: Any, futures: Sequence[Any],
+                workers: Sequence[str], timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
+    """Train ``config``'s network on ``workers`` as DistributedDataParallel ranks, each on
+    the training partitions its worker holds (see :func:`assign_partitions`), all ranks
+    taking :func:`steps_per_epoch` steps per epoch and the whole validation split.
+
+    Parameters
+    ----------
+    config, data
+        The :class:`~mlaas_dask.nn.trainer.TrainConfig` and
+        :class:`~mlaas_dask.nn.loader.TrainingData` of single-worker training.
+    futures
+        The per-partition results (``Matrices.futures``), in ``data.keys`` order: where
+        they are decides which rank trains on what.
+    workers
+        The ranks' workers; fewer ranks are used when fewer partitions have training rows.
+
+    Returns
+    -------
+    dict
+        Rank 0's :func:`~mlaas_dask.nn.trainer.train_rank` result (weights, history...)
+        with ``worker`` (rank 0's) and ``data_parallel``: the backend, the steps per
+        epoch and, per rank, its worker, partitions, rows, steps taken and the share of
+        its rows that its worker held.
+    """
+    rows = list(data.rows["train"])
+    held = holders_of(client, futures)
+    workers = _enough_ranks(list(workers), rows)
+    parts = assign_partitions(held, rows, workers)
+    rank_rows = [sum(rows[p] for p in ps) for ps in parts]
+    steps = steps_per_epoch(rank_rows, config.batch_size)
+    local = [sum(rows[p] for p in ps if held[p] == w) / max(1, n)
+             for ps, w, n in zip(parts, workers, rank_rows, strict=True)]
+    logger.info("Ranks: %s; %d steps of %d events per epoch on each.", ", ".join(
+        f"{r}: {n:,} events ({share:.0%} held by its worker)"
+        for r, (n, share) in enumerate(zip(rank_rows, local, strict=True))),
+        steps, config.batch_size)
+    results = run_ranks(client, workers, _train_rank_task, config, data, parts, steps,
+                        backend=choose_backend(config.device), timeout=timeout)
+    digests = {r["final_digest"] for r in results}
+    if len(digests) != 1:  # DDP keeps them equal; a different one means a broken job
+        raise RankFailed("Data-parallel training ended with different weights on the ranks "
+                         f"({len(digests)} versions); no bundle was written.")
+    result = dict(results[0])
+    result["worker"] = workers[0]
+    result["data_parallel"] = {
+        "backend": choose_backend(config.device), "ranks": len(workers),
+        "steps_per_epoch": steps,
+        "per_rank": [{"worker": w, "partitions": len(ps), "rows": n, "local_share": share,
+                      "steps": r["steps"], "digests": r["digests"]}
+                     for w, ps, n, share, r in zip(workers, parts, rank_rows, local, results,
+                                                   strict=True)],
+    }
+    return result
+
+
+def rank_workers(client: Client, allowed: Sequence[str], n: int,
+                 futures: Sequence[Any]) -> list[str]:
+    """The ``n`` workers of ``allowed`` holding the most partitions, in address order
+    (rank 0 first).
+
+    Raises
+    ------
+    ConfigError
+        When fewer than ``n`` workers may train.
+    """
+    if len(allowed) < n:
+        raise ConfigError(
+            f"model.workers is {n} but {len(allowed)} worker{'s' if len(allowed) != 1 else ''}"
+            f" of the cluster may train ({', '.join(sorted(allowed)) or 'none'}). Lower "
+            "model.workers, or start more workers (--cluster local:N).",
+            key="model.workers")
+    held = holders_of(client, futures)
+    counts = {w: held.count(w) for w in allowed}
+    return sorted(sorted(allowed, key=lambda w: (-counts[w], w))[:n])
+
+
+def _enough_ranks(workers: list[str], rows: list[int]) -> list[str]:
+    filled = sum(1 for r in rows if r)
+    if filled < len(workers):
+        logger.info("Only %d partitions hold training events: %d ranks instead of %d.",
+                    filled, max(1, filled), len(workers))
+        return workers[:max(1, filled)]
+    return workers
+
+
+def only_partitions(data: Any, parts: Sequence[int]) -> Any:
+    """``data`` whose training split is the partitions ``parts`` only (the validation
+    split stays whole: every rank evaluates the same events, so that all ranks take
+    the same early-stopping and schedule decisions)."""
+    import dataclasses
+
+    keep = set(parts)
+    train = [n if p in keep else 0 for p, n in enumerate(data.rows["train"])]
+    return dataclasses.replace(data, rows={**data.rows, "train": train})
+
+
+def _train_rank_task(context: RankContext, config: Any, data: Any,
+                     parts: list[list[int]], steps: int) -> dict[str, Any]:
+    """One rank's training (runs on its worker inside :func:`run_ranks`)."""
+    import dataclasses
+
+    from distributed import get_client, get_worker, rejoin, secede
+
+    from mlaas_dask.nn.trainer import train_rank
+
+    mine = only_partitions(data, parts[context.rank])
+    config = dataclasses.replace(config, threads=get_worker().state.nthreads)
+    client = get_client()  # in the task's thread; its loader submits the cut tasks
+    loader = StepLoader(mine, config.batch_size, config.seed, context.rank, steps,
+                        client=client)
+    digests: list[str] = []
+    secede()  # the loader's tasks may need this worker's threads
+    try:
+        result = train_rank(config, mine, rank=context.rank, world=context.world,
+                            process_group=context.group, client=client, loader=loader,
+                            on_epoch=lambda epoch, network: digests.append(
+                                parameter_digest(network)))
+    finally:
+        rejoin()
+    if context.rank:
+        result.pop("weights", None)  # rank 0's are the job's
+    return {**result, "steps": loader.steps_taken, "digests": digests,
+            "final_digest": digests[-1] if digests else ""}
+
+
+class StepLoader(Loader):
+    """A :class:`~mlaas_dask.nn.loader.Loader` over one rank's partitions whose epochs
+    are exactly ``steps`` batches: after a pass over its rows it starts another
+    (reshuffled) one until the steps are taken, so every rank answers every allreduce.
+
+    Its batch order is seeded by the rank (each rank its own shuffle)."""
+
+    def __init__(self, data: Any, batch_size: int, seed: int, rank: int, steps: int,
+                 client: Any = None) -> None:
+        import numpy as np
+
+        super().__init__(data, batch_size, seed, 0, 1, client=client)
+        self.rng = np.random.default_rng([seed, rank])
+        self.steps = steps
+        self.steps_taken = 0
+        if steps and not data.total("train"):
+            raise ValueError(f"rank {rank} has no training events to take {steps} steps on")
+
+    def epoch(self, epoch: int) -> Any:
+        taken = 0
+        while taken < self.steps:
+            one_pass = cast("Generator[Any, None, None]", super().epoch(epoch))
+            with contextlib.closing(one_pass):
+                for batch in one_pass:
+                    yield batch
+                    taken += 1
+                    self.steps_taken += 1
+                    if taken == self.steps:
+                        return

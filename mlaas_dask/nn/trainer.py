@@ -107,14 +107,17 @@ def wrap_model(network: Any, rank: int, world: int, process_group: Any, device: 
         return network
     from torch.nn.parallel import DistributedDataParallel
 
-    ids = [device.index] if device.type == "cuda" else None
+    ids = [device.index] if device.type == "cuda" and device.index is not None else None
     return DistributedDataParallel(network, device_ids=ids, process_group=process_group)
 
 
 def train_rank(config: TrainConfig, data: TrainingData, rank: int = 0, world: int = 1,
-               process_group: Any = None, client: Any = None) -> dict[str, Any]:
+               process_group: Any = None, client: Any = None, loader: Loader | None = None,
+               on_epoch: Any = None) -> dict[str, Any]:
     """Train one rank; return the best epoch's weights (safetensors bytes), the history
-    and the loader's report (see the module docstring)."""
+    and the loader's report (see the module docstring). Data-parallel ranks give their
+    own ``loader`` (equal steps per epoch) and ``on_epoch(epoch, network)``, called after
+    each epoch's evaluation."""
     import torch
 
     torch.manual_seed(config.seed)
@@ -125,7 +128,7 @@ def train_rank(config: TrainConfig, data: TrainingData, rank: int = 0, world: in
     loss_fn, weighted = make_loss(config)
     optimizer = make_optimizer(config, network)
     scheduler = make_scheduler(config, optimizer)
-    loader = Loader(data, config.batch_size, config.seed, rank, world, client=client)
+    loader = loader or Loader(data, config.batch_size, config.seed, rank, world, client=client)
     history: dict[str, list[float | None]] = {"train_loss": [], "validation_loss": [],
                                               "validation_auc": [], "learning_rate": [],
                                               "events_per_second": []}
@@ -143,6 +146,8 @@ def train_rank(config: TrainConfig, data: TrainingData, rank: int = 0, world: in
                            ("events_per_second", events / max(seconds, 1e-9))):
             history[key].append(value)
         _step_scheduler(scheduler, config, validation_loss)
+        if on_epoch is not None:
+            on_epoch(epoch, network)
         watched = validation_loss if validation_loss is not None else train_loss
         improved = best is None or watched < best[0]
         if improved:

@@ -93,9 +93,11 @@ def fit_torch(context: FitContext) -> Fitted:
                 stats["events_per_class"]["train"], config.device, address, config.threads,
                 "streamed" if data.mode == "stream" else "held in memory", model.batch_size,
                 model.epochs)
-    result = run_training(context, config, data, address)
+    result = run_training(context, config, data, address, ranks(context, config.device))
     train_seconds = time.perf_counter() - start
-    context.stages.ran("train", [address])
+    context.stages.ran("train", [result.get("worker") or address]
+                       + [r["worker"] for r in result.get("data_parallel", {}).get(
+                           "per_rank", [])[1:]])
     network = _trained_network(network_file, config, result["weights"])
     onnx_bytes, opset, difference = export_checked(network, config, data, client)
     bundle_model = ModelBundle(context.out, context.spec, _onnx_model(onnx_bytes),
@@ -109,7 +111,9 @@ def fit_torch(context: FitContext) -> Fitted:
         model_file=ONNX_FILE, model_bytes=onnx_bytes, test_scores=scores, files=files,
         metrics={"epochs": result["epochs"], "best_epoch": result["best_epoch"],
                  "stopped_early": result["stopped_early"], "history": result["history"],
-                 "loader": result["loader"]},
+                 "loader": result["loader"],
+                 **({"data_parallel": result["data_parallel"]}
+                    if "data_parallel" in result else {})},
         model_metadata={"kind": "torch", "file": ONNX_FILE, "format": "onnx",
                         "opset": opset, "weights": WEIGHTS_FILE, "source": model.file,
                         "outputs": config.outputs, "output_width": config.width,
@@ -186,13 +190,8 @@ def resolve_device(client: Any, requested: str) -> str:
 def training_worker(context: FitContext, device: str) -> tuple[str, int, int]:
     """The worker that trains, its threads and memory limit: among those the placement
     allows (GPU-tagged ones for cuda), the one with the most threads."""
-    from mlaas_dask.cluster.placement import is_gpu_worker, select_workers
-
     workers = context.client.scheduler_info().get("workers", {})
-    allowed = select_workers(workers, context.stages.placement.train, "train",
-                             device) or sorted(workers)
-    if device == "cuda":
-        allowed = [a for a in allowed if is_gpu_worker(workers[a])] or allowed
+    allowed = allowed_workers(context, device)
     address = max(sorted(allowed), key=lambda a: int(workers[a].get("nthreads") or 1))
     info = workers[address]
     return address, int(info.get("nthreads") or 1), int(info.get("memory_limit") or 0)
@@ -231,8 +230,32 @@ class _Epochs:
         return f"after epoch {self.reached} ({self.reached} epochs done{best})"
 
 
-def run_training(context: FitContext, config: Any, data: Any, address: str) -> dict[str, Any]:
-    """The training task on ``address``, followed until it ends; checkpoints in a hidden
+def allowed_workers(context: FitContext, device: str) -> list[str]:
+    """The workers the placement lets train (GPU-tagged ones for cuda)."""
+    from mlaas_dask.cluster.placement import is_gpu_worker, select_workers
+
+    workers = context.client.scheduler_info().get("workers", {})
+    allowed = select_workers(workers, context.stages.placement.train, "train",
+                             device) or sorted(workers)
+    if device == "cuda":
+        allowed = [a for a in allowed if is_gpu_worker(workers[a])] or allowed
+    return list(allowed)
+
+
+def ranks(context: FitContext, device: str) -> list[str]:
+    """The workers of data-parallel training (``model.workers`` above 1), else none."""
+    if context.job.model.workers <= 1:
+        return []
+    from mlaas_dask.nn.distributed import rank_workers
+
+    return rank_workers(context.client, allowed_workers(context, device),
+                        context.job.model.workers, context.matrices.futures)
+
+
+def run_training(context: FitContext, config: Any, data: Any, address: str,
+                 ranks: list[str] | None = None) -> dict[str, Any]:
+    """The training task on ``address`` (or data-parallel ranks on ``ranks``, see
+    :mod:`mlaas_dask.nn.distributed`), followed until it ends; checkpoints in a hidden
     folder next to the bundle, removed at the end whatever happens."""
     import shutil
 
@@ -244,6 +267,13 @@ def run_training(context: FitContext, config: Any, data: Any, address: str) -> d
     folder = checkpoint_folder(context.out)
     events = _Epochs(folder, context.progress)
     client.subscribe_topic(config.topic, events)
+    if ranks:
+        try:
+            return _train_ranks(context, config, data, ranks, events)
+        finally:
+            client.unsubscribe_topic(config.topic)
+            _forget_topic(client, config.topic)
+            shutil.rmtree(folder, ignore_errors=True)
     future = client.submit(train_task, config, data, workers=[address],
                            allow_other_workers=False, pure=False,
                            key=f"train-network-{uuid.uuid4().hex}")
@@ -271,6 +301,21 @@ def _follow(client: Any, future: Any, address: str, events: _Epochs) -> dict[str
             "was not saved and no bundle was written. Run the job again (on a worker with "
             "more memory, or with a smaller model.batch_size if it ran out of memory)."
         ) from None
+    except KeyboardInterrupt:
+        logger.info("Training interrupted %s; no bundle was written.", events.where())
+        raise
+
+
+def _train_ranks(context: FitContext, config: Any, data: Any, ranks: list[str],
+                 events: _Epochs) -> dict[str, Any]:
+    from mlaas_dask.nn.distributed import RankFailed, train_ranks
+    from mlaas_dask.train.faults import TrainingFailed
+
+    try:
+        return train_ranks(context.client, config, data, context.matrices.futures, ranks,
+                           timeout=context.job.model.collective_timeout)
+    except RankFailed as err:
+        raise TrainingFailed(f"{err} Training had got {events.where()}.") from None
     except KeyboardInterrupt:
         logger.info("Training interrupted %s; no bundle was written.", events.where())
         raise
