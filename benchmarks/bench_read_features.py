@@ -29,7 +29,6 @@ import numpy as np
 from common import emit, sample_files, sample_job
 
 
-
 def load(events: int, step: int):  # noqa: ANN201
     from mlaas_dask.job import job_from_text
 

@@ -26,7 +26,7 @@ from common import HERE, emit, sample_files, sample_job
 
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from servers import NginxServer, XRootDServer, free_port, wait_for_port  # noqa: E402
+from servers import NginxServer, XRootDServer, free_port, wait_for_port
 
 
 def job_for(files: dict[str, list[Path]], base: str, step: int):  # noqa: ANN201

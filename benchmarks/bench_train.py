@@ -90,7 +90,8 @@ def baseline(job_path: str, decoder: str) -> None:
               "tree_method": "hist", "max_depth": DEPTH, "eta": ETA, "nthread": 2}
     dtrain = xgboost.QuantileDMatrix(X[split == 0], y[split == 0], weight=weight[split == 0])
     dvalid = xgboost.QuantileDMatrix(X[split == 1], y[split == 1], ref=dtrain)
-    booster = xgboost.train(params, dtrain, ROUNDS, evals=[(dtrain, "train"), (dvalid, "validation")],
+    booster = xgboost.train(params, dtrain, ROUNDS,
+                            evals=[(dtrain, "train"), (dvalid, "validation")],
                             early_stopping_rounds=EARLY, verbose_eval=False)
     booster = booster[: booster.best_iteration + 1]
     scores = booster.inplace_predict(X[split == 2])

@@ -7,7 +7,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +59,8 @@ class PeakMemory:
             total = 0
             try:
                 for proc in [root, *root.children(recursive=True)]:
-                    try:
+                    with suppress(psutil.NoSuchProcess):
                         total += proc.memory_info().rss
-                    except psutil.NoSuchProcess:
-                        pass
             except psutil.NoSuchProcess:
                 break
             self.peak = max(self.peak, total)

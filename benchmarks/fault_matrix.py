@@ -34,8 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import emit, sample_files, sample_job
 from distributed.diagnostics.plugin import SchedulerPlugin
+
+from common import emit, sample_files, sample_job
 
 #: the scheduler's event topics of XGBoost training attempts (mlaas_dask.train.xgb)
 TRAIN_TOPIC_PREFIX = "mlaas-train-"
@@ -55,7 +56,8 @@ class KillWhen(SchedulerPlugin):
     name = "kill-when"
 
     def __init__(self, pids: dict[str, int], prefix: str, start: int = 1,
-                 round: int | None = None, signal: int = signal.SIGKILL) -> None:
+                 round: int | None = None,  # noqa: A002 - the scenario key (when={"round": N})
+                 signal: int = signal.SIGKILL) -> None:
         self.pids = pids
         self.signal = signal
         self.prefix = prefix

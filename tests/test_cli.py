@@ -51,7 +51,7 @@ def test_bad_job_file_is_one_paragraph_without_traceback(capsys, tmp_path: Path,
     job = tmp_path / "job.yaml"
     if content is not None:
         job.write_text(content)
-    code, out, err = run_cli(capsys, "train", str(job))
+    code, _out, err = run_cli(capsys, "train", str(job))
     assert code == 2
     assert err.startswith("mlaas train: error: ") and expected in err
     assert "Traceback" not in err and str(job) in err
@@ -60,7 +60,7 @@ def test_bad_job_file_is_one_paragraph_without_traceback(capsys, tmp_path: Path,
 def test_missing_branch_from_cli(capsys, tmp_path: Path) -> None:
     text = small_job(tmp_path, features="{flat: [MET_ptt]}")
     (tmp_path / "job.yaml").write_text(text)
-    code, out, err = run_cli(capsys, "train", str(tmp_path / "job.yaml"), "--out",
+    code, _out, err = run_cli(capsys, "train", str(tmp_path / "job.yaml"), "--out",
                              str(tmp_path / "b"), "--cluster", "local:1")
     assert code == 2 and "Branch 'MET_ptt' is not in tree 'Events'" in err
     assert "Did you mean 'MET_pt'" in err and not (tmp_path / "b").exists()
@@ -68,7 +68,7 @@ def test_missing_branch_from_cli(capsys, tmp_path: Path) -> None:
 
 def test_jagged_branch_as_flat_from_cli(capsys, tmp_path: Path) -> None:
     (tmp_path / "job.yaml").write_text(small_job(tmp_path, features="{flat: [Jet_pt]}"))
-    code, out, err = run_cli(capsys, "train", str(tmp_path / "job.yaml"), "--out",
+    code, _out, err = run_cli(capsys, "train", str(tmp_path / "job.yaml"), "--out",
                              str(tmp_path / "b"))
     assert code == 2 and "'Jet_pt'" in err and "is jagged" in err and "collections:" in err
 
@@ -190,7 +190,7 @@ def test_predict_overwrite_removes_only_an_earlier_runs_files(client, tmp_path: 
     real.mkdir()
     out = tmp_path / "scores"
     out.symlink_to(real, target_is_directory=True)  # --out may be a link
-    options = dict(cluster=client, step_size=1000, progress=False)
+    options = {"cluster": client, "step_size": 1000, "progress": False}
     first = predict_files(bundle, [str(f) for f in files], out, **options)
     assert sorted(p.name for p in real.iterdir()) == [
         "a.scores.root", "b.scores.root", "predict.json", "scores.parquet"]
@@ -245,14 +245,14 @@ def test_predict_disk_filling_up_while_writing(client, tmp_path: Path, disk: Pat
     """The estimate says it fits (shutil.disk_usage claims room: only the number), the
     real disk fills up while writing: one message, the earlier run's files intact, no
     partial files."""
-    from disks import entries, fill
-
     from mlaas_dask.outputs import DiskSpaceError
     from mlaas_dask.predict import predict_files
 
+    from disks import entries, fill
+
     bundle, files = predict_inputs(tmp_path)
     out = disk / "scores"
-    options = dict(cluster=client, step_size=1000, progress=False)
+    options = {"cluster": client, "step_size": 1000, "progress": False}
     predict_files(bundle, [str(files[0])], out, **options)
     earlier = {p.name: p.read_bytes() for p in out.iterdir()}
     fill(disk, leave=16 * 1024)

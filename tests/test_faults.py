@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, logged
 
 from mlaas_dask.bundle import ModelBundle
 from mlaas_dask.job import job_from_text
 from mlaas_dask.train import train
 from mlaas_dask.train.faults import TrainingFailed
+
+from conftest import REPO, logged
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import fault_matrix

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from mlaas_dask.cluster.local import visible_gpus
+
 from conftest import write_events
 
 pytestmark = [

@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 
-from conftest import write_events
 from mlaas_dask.cluster.placement import Placement, one_per_host, select_workers
 from mlaas_dask.errors import ConfigError
+
+from conftest import write_events
 
 CPU = {"name": "cpu-0", "resources": {}}
 CPU_IO = {"name": "cpu-1", "resources": {"IO": 1}}
@@ -77,8 +78,8 @@ def test_training_is_not_gathered_beyond_the_workers_memory() -> None:
 
 
 def test_a_rule_that_matches_no_worker_is_an_error() -> None:
-    with pytest.raises(ConfigError, match="placement.train is 'gpu' but the cluster has no "
-                                          "GPU-tagged worker. Workers: cpu-0 \\(no tags\\)"):
+    with pytest.raises(ConfigError, match=r"placement\.train is 'gpu' but the cluster has no "
+                                          r"GPU-tagged worker\. Workers: cpu-0 \(no tags\)"):
         select_workers({"c": CPU}, "gpu", "train")
     with pytest.raises(ConfigError, match="no worker with the resource 'IO'"):
         select_workers({"c": CPU, "g": GPU}, "IO", "read")

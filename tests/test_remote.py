@@ -103,7 +103,7 @@ def proxy(xrootd: XRootDServer) -> Iterator[FaultProxy]:
     p.close()
 
 
-quiet = dict(progress=False)
+quiet = {"progress": False}
 
 
 def train_on(cluster: Any, job: Any, **kwargs: Any) -> Any:

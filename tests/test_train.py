@@ -19,7 +19,7 @@ from conftest import HEP_TUTORIAL, REPO, write_events
 
 pytestmark = pytest.mark.slow
 
-quiet = dict(progress=False)
+quiet = {"progress": False}
 
 
 def small_job(tmp_path: Path, extra: str = "", features: str | None = None) -> str:
@@ -107,7 +107,8 @@ def test_cut_weights_and_event_ids(client, tmp_path: Path) -> None:
 
 def test_zero_events_after_cut(client, tmp_path: Path) -> None:
     job = job_from_text(small_job(tmp_path, extra="  cut: 'MET_pt < 0'"), base=tmp_path)
-    with pytest.raises(DataError, match=r"No events pass the selection cut 'MET_pt < 0' \(read 6000"):
+    with pytest.raises(DataError,
+                       match=r"No events pass the selection cut 'MET_pt < 0' \(read 6000"):
         train(job, cluster=client, out=tmp_path / "b", **quiet)
     assert not (tmp_path / "b").exists()
 
@@ -123,7 +124,7 @@ def test_existing_output_is_never_overwritten_by_accident(client, tmp_path: Path
     precious = tmp_path / "results"
     precious.mkdir()
     (precious / "thesis.txt").write_text("years of work")
-    with pytest.raises(BundleError, match="already exists.*--overwrite"):
+    with pytest.raises(BundleError, match=r"already exists.*--overwrite"):
         train(job, cluster=client, out=precious, **quiet)
     with pytest.raises(BundleError, match="not an mlaas_dask bundle; it is never overwritten"):
         train(job, cluster=client, out=precious, overwrite=True, **quiet)
@@ -140,7 +141,8 @@ def test_multiclass_with_named_labels(client, tmp_path: Path) -> None:
                  extra={"MET_pt": rng.exponential(120, 3000).astype(np.float32)})
     text = small_job(tmp_path).replace("label: 1", "label: ttH").replace(
         "label: 0", "label: QCD").replace(
-        "    - {name: bkg", "    - {name: third, files: [third.root], label: WJets}\n    - {name: bkg")
+        "    - {name: bkg",
+        "    - {name: third, files: [third.root], label: WJets}\n    - {name: bkg")
     job = job_from_text(text, base=tmp_path)
     result = train(job, cluster=client, out=tmp_path / "b", **quiet)
     bundle = ModelBundle.load(result.bundle)

@@ -71,8 +71,8 @@ if TYPE_CHECKING:
 ClusterSpec: TypeAlias = "str | os.PathLike[str] | ClusterConfig | dict[str, Any]"
 
 __all__ = [
-    "ClusterBackend", "ClusterConfig", "ClusterSpec", "Placement", "available_clusters", "backend_names",
-    "backends", "cluster_from_text", "config_of", "connect", "describe", "example",
+    "ClusterBackend", "ClusterConfig", "ClusterSpec", "Placement", "available_clusters",
+    "backend_names", "backends", "cluster_from_text", "config_of", "connect", "describe", "example",
     "get_backend", "load_cluster", "load_cluster_file", "local_cluster_options",
     "register_backend", "start", "stop", "unregister_backend",
 ]
