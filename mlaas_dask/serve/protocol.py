@@ -13,7 +13,9 @@ server and by :mod:`mlaas_dask.client`.
 
 from __future__ import annotations
 
+import json
 import math
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +49,9 @@ DATATYPES: dict[str, np.dtype[Any]] = {
     }.items()
 }
 
+#: the datatypes in which null, NaN and Infinity are values
+FLOAT_TYPES = ("FP16", "FP32", "FP64")
+
 
 @dataclass
 class InferRequest:
@@ -75,26 +80,72 @@ class InferRequest:
 
 
 def loads(body: bytes | memoryview, what: str = "request body") -> Any:
-    """Parse JSON with a message that says what is wrong (NaN and Infinity included)."""
+    """Parse JSON with a message that says what is wrong.
+
+    The literals ``NaN``, ``Infinity`` and ``-Infinity`` (what Python's json module and
+    tritonclient write for missing and infinite values) are read as floats: orjson refuses
+    them, so a body holding them is parsed again by the standard library.
+    """
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as err:
-        text = bytes(body[: err.pos + 16]).decode("utf-8", "replace") if err.pos else ""
+        at = bytes(body[err.pos:err.pos + 9]) if err.pos is not None else b""
+        if at.startswith(_CONSTANTS):
+            return _loads_constants(body, what)
         hint = ""
-        tail = text[err.pos:err.pos + 9] if err.pos else ""
-        if tail.startswith(("NaN", "Infinity", "-Infinity", "inf", "-inf", "nan")):
-            hint = (
-                " NaN and Infinity are not JSON: send null for a missing value (events), "
-                "or use the binary tensor extension to send NaN."
-            )
+        if at.lower().startswith((b"nan", b"inf", b"-inf")):
+            hint = " Write missing values as NaN or null, infinite ones as Infinity or -Infinity."
         elif not body:
             hint = " The body is empty."
         raise BadRequest(f"The {what} is not valid JSON: {err}.{hint}") from None
 
 
+#: the non-standard literals accepted in numbers (Python's json module reads them)
+_CONSTANTS = (b"NaN", b"Infinity", b"-Infinity")
+
+
+def _loads_constants(body: bytes | memoryview, what: str) -> Any:
+    try:
+        return json.loads(bytes(body))
+    except json.JSONDecodeError as err:
+        raise BadRequest(f"The {what} is not valid JSON: {err}.") from None
+    except ValueError as err:  # an integer of more digits than Python converts
+        raise BadRequest(f"The {what} holds a number that cannot be read: {err}.") from None
+    except RecursionError:
+        raise BadRequest(f"The {what} nests lists or objects too deeply.") from None
+
+
 def dumps(data: Any) -> bytes:
-    """Serialise to JSON bytes (numpy arrays included)."""
-    return orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY)
+    """Serialise to JSON bytes (numpy arrays included).
+
+    Non-finite floats are written as ``NaN``, ``Infinity`` and ``-Infinity`` (as Python's
+    json module and Triton do, and tritonclient reads), not as ``null``.
+    """
+    holes: dict[str, Any] = {}
+    marked = _mark_non_finite(data, holes)
+    text = orjson.dumps(marked, option=orjson.OPT_SERIALIZE_NUMPY)
+    for key, value in holes.items():
+        listed = value.tolist() if isinstance(value, (np.ndarray, np.generic)) else value
+        text = text.replace(orjson.dumps(key), json.dumps(listed).encode())
+    return text
+
+
+def _mark_non_finite(data: Any, holes: dict[str, Any]) -> Any:
+    """``data`` with each float (array) holding NaN or infinity replaced by a unique key
+    string, recorded in ``holes``; ``data`` itself when there is none."""
+    if isinstance(data, dict):
+        items = {k: _mark_non_finite(v, holes) for k, v in data.items()}
+        return items if any(items[k] is not v for k, v in data.items()) else data
+    if isinstance(data, list):
+        values = [_mark_non_finite(v, holes) for v in data]
+        return values if any(a is not b for a, b in zip(values, data, strict=True)) else data
+    finite = (np.isfinite(data).all() if isinstance(data, np.ndarray) and data.dtype.kind == "f"
+              else math.isfinite(data) if isinstance(data, (float, np.floating)) else True)
+    if finite:
+        return data
+    key = f"mlaas-non-finite-{secrets.token_hex(8)}-{len(holes)}"
+    holes[key] = data
+    return key
 
 
 def _expect_object(value: Any, what: str) -> dict[str, Any]:
@@ -298,12 +349,14 @@ def _json_data(
             "length (row-major)."
         ) from None
     numbers = array.dtype.kind in "iuf" or (
-        array.dtype.kind == "O" and _first_bad(data, "FP64") is None)
+        array.dtype.kind == "O" and _first_bad(data, datatype) is None)
     if array.size and not (array.dtype.kind == "b" if datatype == "BOOL" else numbers):
         bad = _first_bad(data, datatype) or "values of mixed kinds"
+        missing = (" (null, NaN, Infinity and -Infinity are read as floats)"
+                   if datatype in FLOAT_TYPES else "; missing values need a float datatype")
         raise BadRequest(
             f"Input {name!r}: 'data' holds {bad} but the datatype is {datatype}; send "
-            "numbers only (NaN is not JSON: use the binary extension for missing values)."
+            f"numbers only{missing}."
         )
     if array.size != count:
         raise BadRequest(
@@ -311,7 +364,7 @@ def _json_data(
         )
     if dtype.kind in "iu" and array.size:
         return _integers(name, data, array.reshape(-1), dtype, datatype)
-    if array.dtype.kind == "O":  # integers beyond 64 bits: as floats
+    if array.dtype.kind == "O":  # null (NaN) or integers beyond 64 bits: as floats
         array = np.array(data, dtype=np.float64)
     array = array.reshape(-1)
     with np.errstate(over="ignore", invalid="ignore"):
@@ -370,6 +423,8 @@ def _first_bad(data: Any, datatype: str) -> str | None:
 
 
 def _wrong_kind(value: Any, datatype: str) -> bool:
+    if value is None:  # null: a missing value, NaN in a float tensor
+        return datatype not in FLOAT_TYPES
     if datatype == "BOOL":
         return not isinstance(value, bool)
     return isinstance(value, bool) or not _is_number(value)
@@ -460,12 +515,7 @@ def encode_infer_request(
     header: dict[str, Any] = {"inputs": [tensor]}
     if request_id is not None:
         header["id"] = request_id
-    if not binary:
-        if not np.isfinite(matrix).all():
-            raise BadRequest(
-                "The matrix holds NaN or infinite values, which JSON cannot carry; use the "
-                "binary tensor extension (binary=True) to send them."
-            )
+    if not binary:  # NaN and infinities are written as NaN, Infinity, -Infinity
         tensor["data"] = matrix.reshape(-1)
         return dumps(header), {"content-type": "application/json"}
     blob = matrix.tobytes()

@@ -163,9 +163,12 @@ BAD_REQUESTS = [
     ("post", "/v2/models/hep/infer", b"{oops", {}, 400, "The request body is not valid JSON"),
     ("post", "/v2/models/hep/infer",
      b'{"inputs": [{"name": "features", "shape": [1, 19], "datatype": "FP32", '
-     b'"data": [NaN]}]}', {}, 400, "NaN and Infinity are not JSON"),
-    ("post", "/v2/models/hep/events", b'{"events": [{"MET_px": NaN}]}', {}, 400,
-     "send null for a missing value"),
+     b'"data": [nan]}]}', {}, 400, "Write missing values as NaN or null"),
+    ("post", "/v2/models/hep/infer",
+     b'{"inputs": [{"name": "features", "shape": [1, 19], "datatype": "FP32", '
+     b'"data": [NaN]}]}', {}, 400, "'data' holds 1 values but the shape needs 19"),
+    ("post", "/v2/models/hep/events", b'{"events": [{"MET_px": -inf}]}', {}, 400,
+     "infinite ones as Infinity or -Infinity"),
     ("post", "/v2/models/hep/infer",
      {"inputs": [{"name": "features", "shape": [1, 18], "datatype": "FP32",
                   "data": [0] * 18}]}, {}, 400, r"has shape \[1, 18\]; expected \[n, 19\]"),
