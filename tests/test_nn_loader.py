@@ -115,7 +115,7 @@ def test_loader_on_worker_processes(client, stream: bool) -> None:
 def test_splits_that_do_not_fit_are_streamed(client) -> None:
     futures = [client.submit(_one_class_partition, label, 1000, 1000 * label, pure=False)
                for label in (0, 1)]
-    args = dict(n_features=2, batch_size=64, stream=False)
+    args = {"n_features": 2, "batch_size": 64, "stream": False}
     fits = from_partitions(client, futures, Preprocess(0.0), (1, 1), memory_limit=10**9,
                            **args)
     # 2000 rows x (2 features + label + weight): 24 kB; a limit of 20 kB does not hold it
