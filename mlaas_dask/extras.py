@@ -19,6 +19,10 @@ _EXTRAS = {
     "aiohttp": ("xrootd", "reading https:// URLs"),
     "dask_jobqueue": ("jobqueue", "SLURM / HTCondor / PBS clusters"),
     "tritonclient": ("test", "the Open Inference Protocol client tests"),
+    "torch": ("torch", "neural networks"),
+    "onnx": ("torch", "storing neural networks as ONNX"),
+    "onnxscript": ("torch", "storing neural networks as ONNX"),
+    "safetensors": ("torch", "storing a network's weights"),
 }
 
 
