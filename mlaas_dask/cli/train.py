@@ -123,6 +123,8 @@ def _how_fitted(metrics: Metrics) -> str:
     """XGBoost's best round, or how a scikit-learn model was fitted."""
     if "rounds" in metrics:
         return f"best round {metrics['rounds']}"
+    if "best_epoch" in metrics:  # a neural network
+        return f"best epoch {metrics.get('best_epoch')} of {metrics.get('epochs')}"
     if metrics.get("fit") == "incremental":
         return f"{metrics.get('epochs')} epochs of partial_fit over {metrics.get('blocks')} blocks"
     if metrics.get("fit") == "sample":
