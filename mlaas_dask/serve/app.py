@@ -27,6 +27,7 @@ import contextlib
 import gc
 import logging
 import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -119,8 +120,10 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 
 
 async def read_body(request: Request, limit: int, timeout: float) -> bytes:
-    """The request body, refusing encodings, bodies over ``limit`` and slow senders."""
-    check_body_headers(request, limit)
+    """The request body, decompressed (``Content-Encoding: gzip`` or ``deflate``), refusing
+    other encodings, bodies over ``limit`` bytes (sent or decompressed) and slow senders."""
+    encoding = check_body_headers(request, limit, ENCODINGS)
+    inflate = Inflater(encoding, limit) if encoding else None
     chunks: list[bytes] = []
     size = 0
     try:
@@ -129,18 +132,71 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
                 size += len(chunk)
                 if size > limit:
                     raise _too_large(f"more than {limit} bytes", limit)
-                chunks.append(chunk)
+                chunks.append(inflate.feed(chunk) if inflate else chunk)
     except TimeoutError:
         raise RequestTimeout(f"The request body did not arrive within {timeout:g} s.") from None
+    if inflate is not None:
+        chunks.append(inflate.finish())
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def check_body_headers(request: Request, limit: int) -> None:
-    """Refuse a body in an encoding the server does not read, or declared over ``limit``."""
+#: request Content-Encodings read_body decompresses (tritonclient's request compression)
+ENCODINGS = ("gzip", "deflate")
+
+
+class Inflater:
+    """Decompresses a gzip or deflate body piece by piece, refusing more than ``limit``
+    decompressed bytes (a gzip bomb) before producing them.
+
+    ``deflate`` is the zlib format (RFC 9110); a raw deflate stream, which some clients
+    send, is read too.
+    """
+
+    def __init__(self, encoding: str, limit: int) -> None:
+        self.encoding = encoding
+        self.limit = limit
+        self.size = 0
+        self._zlib = zlib.decompressobj(31 if encoding == "gzip" else 15)
+        self._started = False
+
+    def feed(self, data: bytes) -> bytes:
+        if not self._started and data:
+            self._started = True
+            if self.encoding == "deflate" and (data[0] & 0x0F) != 8:
+                self._zlib = zlib.decompressobj(-15)  # no zlib header: raw deflate
+        try:
+            out = self._zlib.decompress(data, self.limit - self.size + 1)
+        except zlib.error as err:
+            raise BadRequest(f"The request body is not valid {self.encoding} data "
+                             f"(Content-Encoding: {self.encoding}): {err}.") from None
+        self.size += len(out)
+        if self.size > self.limit or self._zlib.unconsumed_tail:
+            raise PayloadTooLarge(
+                f"The request body decompresses to more than {self.limit} bytes; this server "
+                f"accepts at most {self.limit} bytes per request after decompression. Split "
+                "it into smaller requests."
+            )
+        return out
+
+    def finish(self) -> bytes:
+        if not self._zlib.eof:
+            raise BadRequest(f"The request body ends before its {self.encoding} stream does "
+                             "(truncated compressed data).")
+        return b""
+
+
+def check_body_headers(request: Request, limit: int,
+                       encodings: tuple[str, ...] = ()) -> str:
+    """The body's content encoding ("" for none), refusing one not in ``encodings``, and a
+    body declared over ``limit``."""
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("", "identity"):
+    if encoding in ("", "identity"):
+        encoding = ""
+    elif encoding not in encodings:
+        accepted = ", ".join(encodings)
         raise UnsupportedMediaType(
-            f"Content-Encoding {encoding!r} is not supported; send the body uncompressed."
+            f"Content-Encoding {encoding!r} is not supported; send the body uncompressed"
+            + (f" or as {accepted}." if accepted else ".")
         )
     declared = request.headers.get("content-length")
     if declared is not None:
@@ -148,6 +204,7 @@ def check_body_headers(request: Request, limit: int) -> None:
             raise BadRequest(f"Invalid Content-Length header {declared!r}.")
         if int(declared) > limit:
             raise _too_large(f"{declared} bytes", limit)
+    return encoding
 
 
 class BodyReader:

@@ -446,9 +446,27 @@ def _requested_outputs(outputs: Any) -> list[tuple[str, bool | None]] | None:
         if not isinstance(name, str):
             raise BadRequest(f"outputs[{i}] needs a 'name' (a string).")
         parameters = _expect_object(output.get("parameters") or {}, f"outputs[{i}].parameters")
+        if parameters.get("classification") is not None:
+            refuse_classification(name)
         binary = parameters.get("binary_data")
         requested.append((name, None if binary is None else bool(binary)))
     return requested
+
+
+def refuse_classification(output: str) -> None:
+    """The classification extension (tritonclient's ``class_count``) is not served: say so.
+
+    Raises
+    ------
+    BadRequest
+        Always, naming the output and what to ask for instead.
+    """
+    raise BadRequest(
+        f"Output {output!r} asks for the classification extension (class_count), which this "
+        "server does not support: each class's score is its own output (see the model "
+        "metadata's outputs). Ask for those outputs without class_count and take the top "
+        "classes from the scores."
+    )
 
 
 # -- responses ----------------------------------------------------------------------------

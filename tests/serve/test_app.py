@@ -199,8 +199,8 @@ BAD_REQUESTS = [
      "holds 5001 events; at most 5000 are allowed per request"),
     ("post", "/v2/models/hep/infer", b"x" * 2_000_001, {}, 413,
      "accepts at most 2000000 bytes per request"),
-    ("post", "/v2/models/hep/infer", b"{}", {"content-encoding": "gzip"}, 415,
-     "Content-Encoding 'gzip' is not supported"),
+    ("post", "/v2/models/hep/infer", b"{}", {"content-encoding": "zstd"}, 415,
+     "Content-Encoding 'zstd' is not supported"),
     ("get", "/v2/models/hep/infer", None, {}, 405, "GET is not allowed on /v2/models/hep/infer"),
     ("get", "/v3/whatever", None, {}, 404, "No endpoint GET /v3/whatever"),
 ]
