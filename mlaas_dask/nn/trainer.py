@@ -192,9 +192,9 @@ def _train_epoch(model: Any, loader: Loader, epoch: int, loss_fn: Any, weighted:
         try:
             optimizer.zero_grad(set_to_none=True)
             loss, batch_weight = batch_loss(model(xb), yb, wb, loss_fn, weighted, config)
-            if not math.isfinite(float(loss)):
-                raise NetworkError(_nan_message(float(loss), epoch, batch, config),
-                                   epoch=epoch)
+            value = loss.detach().item()  # one sync per batch: names the batch of a NaN
+            if not math.isfinite(value):
+                raise NetworkError(_nan_message(value, epoch, batch, config), epoch=epoch)
             loss.backward()
             optimizer.step()
         except (RuntimeError, MemoryError) as err:
@@ -205,7 +205,7 @@ def _train_epoch(model: Any, loader: Loader, epoch: int, loss_fn: Any, weighted:
                 f"({len(y)} events of {config.n_features} features): "
                 f"{str(err).splitlines()[0][:200]}. Lower model.batch_size (now "
                 f"{config.batch_size}) or use a smaller network.", epoch=epoch) from None
-        total += float(loss) * batch_weight
+        total += value * batch_weight
         weight += batch_weight
         events += len(y)
     return total / max(weight, 1e-30), events
@@ -343,7 +343,7 @@ def evaluate(network: Any, loader: Loader, loss_fn: Any, weighted: bool,
                 wb = torch.from_numpy(w[start:start + 65536]).to(device)
                 out = network(xb)
                 loss, batch_weight = batch_loss(out, yb, wb, loss_fn, weighted, config)
-                total += float(loss) * batch_weight
+                total += loss.item() * batch_weight
                 weight += batch_weight
                 scores.append(probabilities(out, config).float().cpu().numpy())
                 labels.append(y[start:start + 65536])
