@@ -32,8 +32,10 @@ def detect_kind(path: str | Path) -> str:
     ``model()``: the number of features is not known yet when a job is loaded. The
     training step checks what ``model()`` really returns.
     """
+    from mlaas_dask.nn.keras import prefer_torch
     from mlaas_dask.train.usermodel import load_model_file
 
+    prefer_torch()  # a Keras file imported now must get Keras' torch backend
     module = load_model_file(Path(path))
     used = {_root_package(value) for value in vars(module).values()}
     if "keras" in used or ("tensorflow" in used and "torch" not in used):

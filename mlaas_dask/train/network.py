@@ -52,8 +52,9 @@ def fit_network(context: FitContext) -> Fitted:
     return fit_torch(context)
 
 
-def fit_torch(context: FitContext) -> Fitted:
-    """The torch path of :func:`fit_network`."""
+def fit_torch(context: FitContext, network_file: Any = None, kind: str = "torch") -> Fitted:
+    """The torch path of :func:`fit_network` (also Keras models', on the torch backend:
+    ``network_file`` a :class:`~mlaas_dask.nn.keras.KerasNetworkFile`, ``kind`` keras)."""
     from mlaas_dask.extras import require
 
     require("torch", "neural networks (model.kind: torch)")
@@ -73,8 +74,8 @@ def fit_torch(context: FitContext) -> Fitted:
 
     job, client, matrices = context.job, context.client, context.matrices
     model = job.model
-    network_file = NetworkFile.read(str(model.file))
-    config = probe(network_file, context)
+    network_file = network_file or NetworkFile.read(str(model.file))
+    config = probe(network_file, context, kind)
     address, config.threads, memory = training_worker(context, config.device)
     n_train = int(matrices.X["train"].shape[0])
     if model.batch_size > n_train:
@@ -114,7 +115,7 @@ def fit_torch(context: FitContext) -> Fitted:
                  "loader": result["loader"],
                  **({"data_parallel": result["data_parallel"]}
                     if "data_parallel" in result else {})},
-        model_metadata={"kind": "torch", "file": ONNX_FILE, "format": "onnx",
+        model_metadata={"kind": kind, "file": ONNX_FILE, "format": "onnx",
                         "opset": opset, "weights": WEIGHTS_FILE, "source": model.file,
                         "outputs": config.outputs, "output_width": config.width,
                         "onnx_max_difference": difference, "device": config.device,
@@ -125,7 +126,7 @@ def fit_torch(context: FitContext) -> Fitted:
     )
 
 
-def probe(network_file: Any, context: FitContext) -> Any:
+def probe(network_file: Any, context: FitContext, model_kind: str = "torch") -> Any:
     """Build the network once here: its kind, output width and outputs checked, its
     ONNX export tried; the :class:`~mlaas_dask.nn.trainer.TrainConfig` of the job."""
     import torch
@@ -137,7 +138,7 @@ def probe(network_file: Any, context: FitContext) -> Any:
     model = context.job.model
     n_features, n_classes = context.spec.n_features, len(context.classes)
     torch.manual_seed(model.seed)
-    network = network_file.build(n_features, "torch")
+    network = network_file.build(n_features, model_kind)
     try:
         with torch.no_grad():
             outputs = network.eval()(torch.randn(8, n_features))
@@ -166,7 +167,7 @@ def probe(network_file: Any, context: FitContext) -> Any:
         weight_decay=float(model.weight_decay),
         patience=int(model.early_stopping_rounds or 0), lr_schedule=model.lr_schedule,
         seed=model.seed, device=device, topic=f"mlaas-network-{uuid.uuid4().hex}",
-        extra={"user_loss": network_file.factory("loss") is not None})
+        kind=model_kind, extra={"user_loss": network_file.factory("loss") is not None})
 
 
 def resolve_device(client: Any, requested: str) -> str:
@@ -327,7 +328,7 @@ def _trained_network(network_file: Any, config: Any, weights: bytes) -> Any:
     from mlaas_dask.nn.trainer import load_state
 
     torch.manual_seed(config.seed)
-    return load_state(network_file.build(config.n_features, "torch"), weights).eval()
+    return load_state(network_file.build(config.n_features, config.kind), weights).eval()
 
 
 def export_checked(network: Any, config: Any, data: Any,
