@@ -141,12 +141,14 @@ def test_user_model_file_and_safe_loading(client, tmp_path: Path) -> None:
 ])
 def test_model_file_errors_show_the_users_lines(client, tmp_path: Path, source: str,
                                                 expected: list[str]) -> None:
+    """The model file is read when the job is (its model kind is detected from it), so a
+    broken one fails before any cluster starts, naming the job's line and the file."""
     (tmp_path / "bad.py").write_text(source)
-    job = job_from_text(sample_job(tmp_path, "{file: bad.py}"), base=tmp_path)
     with pytest.raises(ConfigError) as err:
+        job = job_from_text(sample_job(tmp_path, "{file: bad.py}"), base=tmp_path)
         train(job, cluster=client, out=tmp_path / "b", **quiet)
     message = str(err.value)
-    assert message.startswith(f"Model file {tmp_path / 'bad.py'}")
+    assert f"Model file {tmp_path / 'bad.py'}" in message
     for part in expected:
         assert part in message
     assert "mlaas_dask/train" not in message and not (tmp_path / "b").exists()
