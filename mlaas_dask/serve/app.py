@@ -6,6 +6,7 @@ Endpoints (``{v}`` parts are optional: without them the newest version answers):
     GET    /v2/health/live | /v2/health/ready
     GET    /v2/models/{name}[/versions/{v}]       model metadata
     GET    /v2/models/{name}[/versions/{v}]/ready
+    GET    /v2/models/{name}[/versions/{v}]/config  Triton's model configuration (JSON)
     POST   /v2/models/{name}[/versions/{v}]/infer   OIP inference (JSON or binary tensors)
     POST   /v2/models/{name}[/versions/{v}]/events  raw events -> FeatureSpec -> scores
     POST   /v2/repository/index
@@ -63,6 +64,7 @@ from mlaas_dask.serve.errors import (
 )
 from mlaas_dask.serve.events import parse_events
 from mlaas_dask.serve.metrics import Metrics
+from mlaas_dask.serve.modelconfig import triton_config
 from mlaas_dask.serve.repository import (
     ModelRepository,
     ModelVersion,
@@ -352,6 +354,11 @@ async def model_metadata(request: Request, state: ServerState) -> Response:
     })
 
 
+async def model_config(request: Request, state: ServerState) -> Response:
+    model = _model(request, state)
+    return json_response(triton_config(model.bundle, model.name, model.version, state.config))
+
+
 async def model_ready(request: Request, state: ServerState) -> Response:
     model = _model(request, state)
     return json_response({"name": model.name, "version": model.version, "ready": True})
@@ -485,6 +492,7 @@ def _routes(state: ServerState) -> list[Route]:
         table += [
             (prefix, "GET", model_metadata, "read", "metadata"),
             (f"{prefix}/ready", "GET", model_ready, "read", "ready"),
+            (f"{prefix}/config", "GET", model_config, "read", "config"),
             (f"{prefix}/infer", "POST", infer, "read", "infer"),
             (f"{prefix}/events", "POST", score_events, "read", "events"),
         ]
