@@ -25,10 +25,8 @@ from mlaas_dask.errors import ConfigError
 #: MLaaS4HEP params with no mlaas_dask equivalent, and why
 UNMAPPED = {
     "nevts": "mlaas_dask reads every event of every file (no per-file event limit)",
-    "batch_size": "XGBoost trains on whole partitions; scikit-learn partial_fit gets one "
-                  "partition (dataset.step_size events) per call",
-    "shuffle": "always on: the split is an event hash and partial_fit visits partitions "
-               "in random order",
+    "shuffle": "always on: the split is an event hash, partial_fit visits partitions "
+               "in random order and networks get batches mixed across partitions",
     "hist": "plots are always written to the bundle (roc.png, scores.png)",
     "verbose": "progress is always shown (mlaas train --quiet hides it)",
 }
@@ -105,14 +103,7 @@ def import_job(params: str | Path, files: str | Path, labels: str, model: str | 
         imported.notes.append("no identifier: the split uses file and entry number")
     dataset.update(_groups(file_list, labels))
     features, skipped = _features(file_list[0], tree, p, dataset.get("label_branch"))
-    model_block: dict[str, Any] = {}
-    if model:
-        model_block = {"kind": "sklearn", "file": str(Path(model).resolve())}
-        if p.get("epochs"):
-            model_block["epochs"] = int(p["epochs"])
-    elif p.get("epochs"):
-        imported.unmapped["epochs"] = "XGBoost uses rounds with early stopping (model." \
-                                      "num_boost_round), not epochs"
+    model_block = _model_block(model, p, imported)
     cut = None
     if preproc:
         cut = _apply_preproc(_read_json(preproc, "preproc file"), features, imported)
@@ -124,6 +115,53 @@ def import_job(params: str | Path, files: str | Path, labels: str, model: str | 
     if model_block:
         imported.job["model"] = model_block
     return imported
+
+
+#: without a model file (XGBoost), MLaaS4HEP's training loop settings have no equivalent
+NO_EPOCHS = {
+    "epochs": "XGBoost uses rounds with early stopping (model.num_boost_round), not epochs",
+    "batch_size": "XGBoost trains on whole partitions, not batches",
+}
+
+
+def _model_block(model: str | None, params: dict[str, Any],
+                 imported: Imported) -> dict[str, Any]:
+    """The job's model block for an MLaaS4HEP model file: a torch or Keras network gets
+    ``epochs`` and ``batch_size``; a scikit-learn estimator ``epochs`` (partial_fit
+    passes), its batches being the partitions. Without a file (XGBoost): none."""
+    from mlaas_dask.nn.modelfile import detect_kind
+
+    if not model:
+        imported.unmapped.update({k: why for k, why in NO_EPOCHS.items() if params.get(k)})
+        return {}
+    path = Path(model).resolve()
+    _check_not_tf_keras(path)
+    kind = detect_kind(path)
+    block: dict[str, Any] = {"kind": kind, "file": str(path)}
+    if params.get("epochs"):
+        block["epochs"] = int(params["epochs"])
+    if params.get("batch_size"):
+        if kind in ("torch", "keras"):
+            block["batch_size"] = int(params["batch_size"])
+        else:
+            imported.unmapped["batch_size"] = ("scikit-learn partial_fit gets one partition "
+                                               "(dataset.step_size events) per call")
+    return block
+
+
+def _check_not_tf_keras(path: Path) -> None:
+    """MLaaS4HEP's older Keras files import it from TensorFlow; Keras 3 runs here on its
+    torch backend, imported as ``keras``."""
+    try:
+        source = path.read_text(errors="replace")
+    except OSError:
+        return  # the model file's own check says it is missing
+    if re.search(r"^\s*(from|import)\s+tensorflow\b", source, re.MULTILINE):
+        raise ConfigError(
+            f"The MLaaS4HEP model file {path} imports TensorFlow (tf.keras); mlaas trains "
+            "Keras 3 models on Keras' torch backend. Write 'import keras' and "
+            "'from keras import layers' instead of 'from tensorflow import keras' (the "
+            "model code itself stays the same).", file=str(path))
 
 
 def _groups(file_list: list[str], labels: str) -> dict[str, Any]:
