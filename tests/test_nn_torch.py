@@ -275,3 +275,46 @@ def test_kind_is_detected_and_checked(client, tmp_path: Path) -> None:
         train(job, cluster=client, out=tmp_path / "b", progress=False)
     assert "returned a sklearn model (SGDClassifier)" in str(err.value)
     assert "Set model.kind: sklearn" in str(err.value)
+
+
+DIES_IN_EPOCH_2 = '''\
+import os
+
+import torch
+
+CALLS = [0]
+
+
+class DiesInEpoch2(torch.nn.Linear):
+    """Kills its worker process during the second epoch (44 batches an epoch here);
+    the client never runs it in training mode."""
+
+    def forward(self, x):
+        if self.training:
+            CALLS[0] += 1
+            if CALLS[0] == 60:
+                os._exit(1)
+        return super().forward(x)
+
+
+def model(n):
+    return DiesInEpoch2(n, 1)
+'''
+
+
+def test_lost_training_worker_leaves_no_bundle(tmp_path: Path) -> None:
+    """The training worker's process dies in epoch 2: the job fails saying so, with the
+    epoch reached, and leaves neither a bundle nor its checkpoint folder."""
+    from distributed import Client, LocalCluster
+
+    torch_job(tmp_path, DIES_IN_EPOCH_2, "epochs: 5, batch_size: 128")
+    job = job_from_text((tmp_path / "job.yaml").read_text(), base=tmp_path)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None, silence_logs=50) as cluster, \
+            Client(cluster) as own, pytest.raises(MlaasError) as err:
+        train(job, cluster=own, out=tmp_path / "bundle", progress=False)
+    message = str(err.value)
+    assert "left the cluster after epoch 1" in message, message
+    assert "no bundle was written" in message
+    assert not (tmp_path / "bundle").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
