@@ -93,10 +93,65 @@ class ServerState:
     repo: ModelRepository = field(init=False)
     ready: bool = False
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    #: the gRPC server (grpc.aio.Server) when --grpc-port is given, and its port
+    grpc: Any = None
+    grpc_port: int | None = None
 
     def make_runtime(self, bundle: ModelBundle) -> ModelRuntime:
         return ModelRuntime(bundle, self.pool, self.config.max_batch_size,
                             self.config.max_delay_ms / 1000)
+
+    def model(self, name: str, version: str | None) -> ModelVersion:
+        """The loaded model version to serve (the newest for ``version`` None).
+
+        Raises
+        ------
+        NotFound
+            Unknown model or version (Unavailable while the models still load).
+        BadRequest
+            A version that is not a positive integer.
+        """
+        if version is not None:
+            check_version(version)
+        try:
+            return self.repo.get(name, version)
+        except NotFound:
+            if not self.ready:
+                raise Unavailable("The server is still loading its models; retry when "
+                                  "/v2/health/ready answers 200.") from None
+            raise
+
+    async def predict(self, model: ModelVersion, matrix: np.ndarray) -> dict[str, np.ndarray]:
+        """Output name -> scores of ``matrix``, dynamically batched, counted in metrics."""
+        if len(matrix):
+            scores = await self.run(model.runtime.matrices, matrix, len(matrix))
+        else:
+            scores = model.bundle.predict_matrix(matrix)
+        self.metrics.events.labels(model.name, model.version).inc(len(matrix))
+        return protocol.output_columns(scores, model.bundle.output_names)
+
+    async def load(self, name: str) -> list[str]:
+        """Load (or reload) model ``name``; its loaded versions.
+
+        Raises
+        ------
+        BadRequest
+            With every version's failure.
+        Conflict
+            When another request unloaded or deleted it meanwhile.
+        """
+        failures = await asyncio.to_thread(self.repo.load, check_name(name))
+        if failures:
+            raise BadRequest(" ".join(failures))
+        entry = self.repo.loaded().get(name)
+        if entry is None:  # unloaded or deleted by a concurrent request
+            raise Conflict(f"Model {name!r} was unloaded or deleted by another request while "
+                           "it loaded; load it again if it should be served.")
+        return entry.sorted_versions()
+
+    async def unload(self, name: str) -> None:
+        """Unload model ``name`` (its versions stay on disk)."""
+        await asyncio.to_thread(self.repo.unload, check_name(name))
 
     async def run(self, batcher: Batcher, payload: Any, rows: int) -> Any:
         """The batcher's result for ``payload``, within the timeout."""
@@ -258,17 +313,7 @@ def _too_large(size: str, limit: int) -> PayloadTooLarge:
 
 def _model(request: Request, state: ServerState) -> ModelVersion:
     """The model version named by the path; records it for the metrics."""
-    name = request.path_params["name"]
-    version = request.path_params.get("version")
-    if version is not None:
-        check_version(version)
-    try:
-        model = state.repo.get(name, version)
-    except NotFound:
-        if not state.ready:
-            raise Unavailable("The server is still loading its models; retry when "
-                              "/v2/health/ready answers 200.") from None
-        raise
+    model = state.model(request.path_params["name"], request.path_params.get("version"))
     request.scope[_LABEL] = (model.name, model.version)
     return model
 
@@ -284,12 +329,7 @@ async def infer(request: Request, state: ServerState) -> Response:
         body, request.headers.get(protocol.HEADER_LENGTH), model.bundle.feature_names,
         config.max_request_rows,
     )
-    if len(parsed.matrix):
-        scores = await state.run(model.runtime.matrices, parsed.matrix, len(parsed.matrix))
-    else:
-        scores = model.bundle.predict_matrix(parsed.matrix)
-    state.metrics.events.labels(model.name, model.version).inc(len(parsed.matrix))
-    columns = protocol.output_columns(scores, model.bundle.output_names)
+    columns = await state.predict(model, parsed.matrix)
     content, headers = protocol.encode_infer_response(parsed, model.name, model.version, columns)
     return Response(content, headers=headers)
 
@@ -329,12 +369,16 @@ async def ready(request: Request, state: ServerState) -> Response:
 
 
 async def model_metadata(request: Request, state: ServerState) -> Response:
-    model = _model(request, state)
+    return json_response(metadata_of(state, _model(request, state)))
+
+
+def metadata_of(state: ServerState, model: ModelVersion) -> dict[str, Any]:
+    """The OIP model metadata of a loaded version (HTTP and gRPC)."""
     bundle = model.bundle
     entry = state.repo.loaded()[model.name]
     scalar_metrics = {k: v for k, v in bundle.metrics.items()
                       if isinstance(v, (int, float, str, bool))}
-    return json_response({
+    return {
         "name": model.name,
         "versions": entry.sorted_versions(),
         "platform": bundle.kind,
@@ -351,7 +395,7 @@ async def model_metadata(request: Request, state: ServerState) -> Response:
             "metrics": scalar_metrics,
             "events_endpoint": f"/v2/models/{model.name}/versions/{model.version}/events",
         },
-    })
+    }
 
 
 async def model_config(request: Request, state: ServerState) -> Response:
@@ -392,20 +436,14 @@ async def repository_index(request: Request, state: ServerState) -> Response:
 async def load_model(request: Request, state: ServerState) -> Response:
     name = check_name(request.path_params["name"])
     await _json_body(request, state)
-    failures = await asyncio.to_thread(state.repo.load, name)
-    if failures:
-        raise BadRequest(" ".join(failures))
-    entry = state.repo.loaded().get(name)
-    if entry is None:  # unloaded or deleted by a concurrent request
-        raise Conflict(f"Model {name!r} was unloaded or deleted by another request while it "
-                       "loaded; load it again if it should be served.")
-    return json_response({"name": name, "versions": entry.sorted_versions()})
+    versions = await state.load(name)
+    return json_response({"name": name, "versions": versions})
 
 
 async def unload_model(request: Request, state: ServerState) -> Response:
     name = check_name(request.path_params["name"])
     await _json_body(request, state)
-    await asyncio.to_thread(state.repo.unload, name)
+    await state.unload(name)
     return json_response({"name": name, "unloaded": True})
 
 
@@ -541,6 +579,8 @@ def create_app(config: ServeConfig, token: str | None = None) -> Starlette:
     """
     token = token if token is not None else read_token(config.token_file)
     config.check_start(token)  # the repository may have gone; protect_reads needs a token
+    if config.grpc_port is not None:
+        _check_grpc_installed()
     pool = PredictionPool(config.n_threads, config.max_queue_rows)
     metrics_obj = Metrics(
         queue_rows=lambda: pool.queued_rows,
@@ -558,6 +598,20 @@ def create_app(config: ServeConfig, token: str | None = None) -> Starlette:
     return app
 
 
+def _check_grpc_installed() -> None:
+    import importlib.util
+
+    from mlaas_dask.errors import ConfigError
+
+    missing = [name for name in ("grpc", "google.protobuf", "tritonclient")
+               if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(
+            f"--grpc-port needs {', '.join(missing)}, which is not installed: pip install "
+            "'mlaas_dask[grpc]' (grpcio, protobuf and tritonclient[grpc]), or leave "
+            "--grpc-port out to serve HTTP only.")
+
+
 Lifespan = Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]
 
 
@@ -567,9 +621,15 @@ def _lifespan(state: ServerState) -> Lifespan:
         state.tasks.append(asyncio.create_task(_load_models(state)))
         if state.config.poll_s > 0:
             state.tasks.append(asyncio.create_task(_poll(state)))
+        if state.config.grpc_port is not None:
+            from mlaas_dask.serve.grpc_service import start_grpc  # grpcio only when asked
+
+            state.grpc = await start_grpc(state)
         try:
             yield
         finally:
+            if state.grpc is not None:
+                await state.grpc.stop(state.config.timeout_s)
             for task in state.tasks:
                 task.cancel()
             await asyncio.gather(*state.tasks, return_exceptions=True)

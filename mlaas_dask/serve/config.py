@@ -330,6 +330,11 @@ class ServeConfig:
     port: int = setting(
         8080, "port to listen on (0: any free port)", "--port", check=port_number,
         metavar="PORT", group="server process")
+    grpc_port: int | None = setting(
+        None, "port of the gRPC server (KServe v2 / Triton GRPCInferenceService) beside the "
+        "HTTP one, on the same host, models, batching, token and metrics (0: any free port)",
+        "--grpc-port", check=port_number, metavar="PORT", note="no gRPC server",
+        group="server process")
     workers: int = setting(
         1, "server processes; they share the repository", "--workers", check=at_least(1),
         metavar="N", group="server process")

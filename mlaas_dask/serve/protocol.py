@@ -227,7 +227,7 @@ def parse_infer_request(
         # the protocol's id is a string; Triton refuses other types the same way
         raise BadRequest(f"The request 'id' must be a string, got {kind_of(request_id)}.")
     shape = _declared_shape(tensor)
-    _check_shape(shape, n_features, max_rows)
+    check_shape(shape, n_features, max_rows)
     matrix, used = _read_tensor(tensor, shape, binary, 0)
     if binary is not None and used != len(binary):
         raise BadRequest(
@@ -257,8 +257,16 @@ def _declared_shape(tensor: Mapping[str, Any]) -> list[int]:
     return shape
 
 
-def _check_shape(shape: list[int], n_features: int, max_rows: int) -> None:
-    """The declared shape, checked before any data is read: [n, F], n within the limit."""
+def check_shape(shape: list[int], n_features: int, max_rows: int) -> None:
+    """The declared shape, checked before any data is read: [n, F], n within the limit.
+
+    Raises
+    ------
+    BadRequest
+        A shape other than ``[n, n_features]``.
+    PayloadTooLarge
+        More than ``max_rows`` rows.
+    """
     if len(shape) != 2 or shape[1] != n_features:
         shown = str(shape) if len(shape) <= 8 else f"of {len(shape)} dimensions"
         raise BadRequest(
@@ -297,11 +305,22 @@ def _read_tensor(
             )
         array = _json_data(name, tensor["data"], count, dtype, datatype)
         used = 0
+    return as_matrix(name, array, shape), used
+
+
+def as_matrix(name: Any, array: np.ndarray, shape: list[int]) -> np.ndarray:
+    """A tensor's values (flat, in its datatype) as the model's float32 matrix.
+
+    Raises
+    ------
+    BadRequest
+        For FP64 values beyond the range of float32.
+    """
     with np.errstate(over="ignore", invalid="ignore"):
         matrix = array.reshape(shape).astype(np.float32, copy=False)
-    if dtype == np.float64 and array.size:
+    if array.dtype == np.float64 and array.size:
         _check_fits(name, array, matrix, "the model's FP32 input")
-    return matrix, used
+    return matrix
 
 
 def _check_fits(name: Any, values: np.ndarray, converted: np.ndarray, what: str) -> None:
