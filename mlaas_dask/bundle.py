@@ -211,6 +211,13 @@ class ModelBundle:
         through the bundle's FeatureSpec: the same code as at training time."""
         return self.predict_matrix(self.spec.transform(events))
 
+    def predict_dask(self, events: Any, *, trusted_types: Sequence[str] = ()) -> Any:
+        """Lazy scores of a dask-awkward collection (``uproot.dask``, coffea NanoEvents,
+        after the user's selection): see :func:`mlaas_dask.dak.predict_dask`."""
+        from mlaas_dask.dak import predict_dask
+
+        return predict_dask(self, events, trusted_types=trusted_types)
+
 
 def check_bundle_dir(path: Path) -> None:
     """Raise :class:`BundleError` unless ``path`` is a complete bundle directory."""

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from mlaas_dask.data.events import is_typetracer
 from mlaas_dask.data.multiplicity import DEFAULT_QUANTILE, MAX_OBJECTS, estimate_n
 from mlaas_dask.errors import FeatureError, did_you_mean
 from mlaas_dask.features.expressions import Expression
@@ -284,8 +285,35 @@ class FeatureSpec:
         ``events`` is an awkward record array (one partition, or a request turned into
         awkward) or a mapping of branch names to arrays. Missing objects and non-finite
         inputs become NaN, XGBoost's "missing". The matrix is column-major (Fortran order).
+
+        On typetracer events (the data-less arrays dask-awkward passes a function to learn
+        its output type and the columns it reads) it is :meth:`trace`, so that a
+        dask-awkward graph that transforms its partitions reads only :meth:`branches`
+        (:func:`mlaas_dask.dak.features_dask` is that graph).
         """
+        if is_typetracer(events):
+            return self.trace(events)
         return self.transform_with_stats(events)[0]
+
+    def trace(self, events: Any) -> Any:
+        """The typetracer of :meth:`transform`'s matrix (unknown length x
+        :attr:`n_features`, float32) for typetracer ``events``.
+
+        Touches the data of exactly the branches :meth:`transform` reads, so that
+        dask-awkward's column optimisation reads those and no others, and checks them as
+        :meth:`transform` does (it runs on length-zero arrays of the same types): a
+        missing branch, or a jagged branch used as flat, fails here, before anything is
+        computed.
+        """
+        import awkward as ak
+
+        available = set(_field_names(events))
+        zero = {b: ak.typetracer.length_zero_if_typetracer(events[b])
+                for b in self.branches() if b in available}
+        if len(zero) < len(self.branches()):
+            zero.update({b: None for b in available if b not in zero})  # for the hint
+        matrix = self.transform_with_stats(zero)[0]
+        return ak.Array(ak.to_layout(matrix).to_typetracer(forget_length=True))
 
     def transform_with_stats(
         self, events: Any, keep: np.ndarray | None = None
