@@ -486,12 +486,21 @@ def _train_rank_task(context: RankContext, config: Any, data: Any,
     loader = StepLoader(mine, config.batch_size, config.seed, context.rank, steps,
                         client=client)
     digests: list[str] = []
+
+    def epoch_done(epoch: int, network: Any) -> None:
+        import torch.distributed as dist
+
+        digests.append(parameter_digest(network))
+        # the ranks start the next epoch together: a rank still evaluating (the first
+        # validation pass fetches its blocks) would otherwise stall the others' first
+        # allreduce, and their epoch times would count that wait
+        dist.barrier(group=context.group)
+
     secede()  # the loader's tasks may need this worker's threads
     try:
         result = train_rank(config, mine, rank=context.rank, world=context.world,
                             process_group=context.group, client=client, loader=loader,
-                            on_epoch=lambda epoch, network: digests.append(
-                                parameter_digest(network)))
+                            on_epoch=epoch_done)
     finally:
         rejoin()
     if context.rank:
