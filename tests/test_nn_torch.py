@@ -17,7 +17,7 @@ from mlaas_dask.errors import ConfigError, MlaasError
 from mlaas_dask.job import job_from_text
 from mlaas_dask.train import train
 
-from test_models import events_of, sample_job
+from conftest import write_events
 
 pytestmark = pytest.mark.slow
 
@@ -32,6 +32,30 @@ def model(n_features):
                                torch.nn.Linear(32, 32), torch.nn.ReLU(),
                                torch.nn.Linear(32, 1))
 '''
+
+
+def sample_job(tmp_path: Path, model: str, n: int = 4000, step: int = 1000) -> str:
+    """A job on two generated files: signal (MET shifted up by 40 GeV) and background."""
+    rng = np.random.default_rng(3)
+    write_events(tmp_path / "sig.root", n=n, seed=1,
+                 extra={"MET_pt": (rng.exponential(30, n) + 40).astype(np.float32)})
+    write_events(tmp_path / "bkg.root", n=n, seed=2)
+    return f"""
+dataset:
+  step_size: {step}
+  groups:
+    - {{name: sig, files: [sig.root], label: 1}}
+    - {{name: bkg, files: [bkg.root], label: 0}}
+features: {{flat: [MET_pt], collections: {{Jet: {{fields: [pt, eta], n: 3}}}}}}
+model: {model}
+"""
+
+
+def events_of(tmp_path: Path, name: str, spec) -> object:
+    import uproot
+
+    with uproot.open(tmp_path / f"{name}.root") as handle:
+        return handle["Events"].arrays(spec.branches())
 
 
 def torch_job(tmp_path: Path, source: str = MLP, settings: str = "epochs: 3, batch_size: 128",
@@ -154,8 +178,6 @@ def model(n_features):
 
 
 def test_multiclass_network_with_probabilities(client, tmp_path: Path) -> None:
-    from conftest import write_events
-
     torch_job(tmp_path, THREE_CLASSES, "epochs: 2, batch_size: 64, lr_schedule: cosine, "
               "optimizer: adamw, early_stopping_rounds: 0")
     rng = np.random.default_rng(5)
@@ -318,3 +340,41 @@ def test_lost_training_worker_leaves_no_bundle(tmp_path: Path) -> None:
     assert "no bundle was written" in message
     assert not (tmp_path / "bundle").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_ctrl_c_during_training_says_the_epoch_and_leaves_no_bundle(client,
+                                                                      tmp_path: Path) -> None:
+    """SIGINT to ``mlaas train`` once the first epoch line is out: exit 130, the epoch
+    reached in the output, no bundle and no checkpoint folder."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    job = torch_job(tmp_path, settings="epochs: 20, batch_size: 32")
+    process = subprocess.Popen(
+        [sys.executable, "-u", "-m", "mlaas_dask", "train", str(job), "--cluster",
+         client.scheduler.address, "--out", str(tmp_path / "bundle")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    deadline = time.monotonic() + 240
+    assert process.stdout is not None
+    for line in process.stdout:
+        lines.append(line)
+        if "epoch   1/20" in line or time.monotonic() > deadline:
+            break
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    output = "".join(lines) + out
+    assert process.returncode == 130, err
+    assert "Training interrupted after epoch" in output, output[-2000:]
+    assert "no bundle was written" in output
+    assert "Traceback" not in err
+    assert not (tmp_path / "bundle").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    # the training task itself stops after its epoch (cancelling does not stop a running
+    # task): the workers go idle long before the 20 epochs would be done
+    deadline = time.monotonic() + 60
+    while any(client.processing().values()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(client.processing().values())

@@ -159,6 +159,9 @@ def train_rank(config: TrainConfig, data: TrainingData, rank: int = 0, world: in
             _report(config, epoch, history, network if improved else None)
         if config.patience and validation_loss is not None and waited >= config.patience:
             break
+        if world == 1 and stop_requested(config):
+            raise NetworkError(f"Training was stopped by the client after epoch {epoch}.",
+                               epoch=epoch)
     assert best is not None
     network.load_state_dict(best[2])
     return {"weights": state_bytes(best[2]), "best_epoch": best[1],
@@ -166,6 +169,25 @@ def train_rank(config: TrainConfig, data: TrainingData, rank: int = 0, world: in
             "stopped_early": len(history["train_loss"]) < config.epochs,
             "loader": loader.report(), "device": str(device),
             "threads": torch.get_num_threads()}
+
+
+def stop_event(config: TrainConfig) -> str:
+    """The name of the Dask Event the client sets to stop this training (Ctrl-C, a
+    failure on its side); the loop looks at it after every epoch."""
+    return f"{config.topic}-stop"
+
+
+def stop_requested(config: TrainConfig) -> bool:
+    """Whether the client asked this training to stop (one look at its Dask Event; with
+    several ranks they would have to agree, so only single-worker training looks)."""
+    if config.topic is None:
+        return False
+    from distributed import Event
+
+    try:
+        return bool(Event(stop_event(config)).is_set())
+    except Exception:  # noqa: BLE001 - no client or scheduler reachable: keep training
+        return False
 
 
 def _device(name: str) -> Any:

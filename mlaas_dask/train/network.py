@@ -281,12 +281,26 @@ def run_training(context: FitContext, config: Any, data: Any, address: str,
     try:
         return _follow(client, future, address, events)
     except BaseException:
-        future.cancel()
+        _stop(client, config, future)
         raise
     finally:
         client.unsubscribe_topic(config.topic)
         _forget_topic(client, config.topic)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _stop(client: Any, config: Any, future: Any) -> None:
+    """Cancel the training task, and ask it to stop at the end of its epoch (a running
+    task is not interrupted by cancelling it)."""
+    import contextlib
+
+    from distributed import Event
+
+    from mlaas_dask.nn.trainer import stop_event
+
+    future.cancel()
+    with contextlib.suppress(Exception):  # a closing client: the task ends with the cluster
+        Event(stop_event(config), client=client).set()
 
 
 def _follow(client: Any, future: Any, address: str, events: _Epochs) -> dict[str, Any]:
