@@ -84,15 +84,20 @@ def run(args: argparse.Namespace) -> int:
     token = read_token(config.token_file)
     config.check_start(token)
     _raise_open_file_limit(config.max_connections)
+    # SIGTERM: stop accepting, let the requests in flight finish (within --timeout), exit 0
     options: dict[str, Any] = {"host": config.host, "port": config.port,
                                "log_level": config.log_level,
-                               "access_log": config.log_level == "debug"}
+                               "access_log": config.log_level == "debug",
+                               "timeout_graceful_shutdown": config.timeout_s}
     if config.workers == 1:
         from mlaas_dask.serve.app import create_app
 
         uvicorn.run(create_app(config, token=token), **options, **uvicorn_options(config))
-    else:
-        os.environ[CONFIG_ENV] = config.to_json()
+        return 0
+    from mlaas_dask.serve.metrics import shared_metrics_dir
+
+    os.environ[CONFIG_ENV] = config.to_json()
+    with shared_metrics_dir():  # one /metrics view over the worker processes
         uvicorn.run("mlaas_dask.serve.app:create_app_from_env", factory=True,
                     workers=config.workers, **options,
                     **uvicorn_options(config, from_env=True))

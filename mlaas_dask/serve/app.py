@@ -634,6 +634,7 @@ def _lifespan(state: ServerState) -> Lifespan:
                 task.cancel()
             await asyncio.gather(*state.tasks, return_exceptions=True)
             state.pool.shutdown()
+            state.metrics.close()
 
     return lifespan
 
@@ -662,6 +663,7 @@ async def _poll(state: ServerState) -> None:
     """Pick up changes made by other server processes on the same repository."""
     while True:
         await asyncio.sleep(state.config.poll_s)
+        state.metrics.refresh()
         if not state.ready:
             continue
         try:

@@ -10,11 +10,22 @@
 
 Model labels come only from models the server knows (unknown names are counted as
 ``model=""``), so clients cannot create label values at will.
+
+With several server processes (``mlaas serve --workers N``) every process writes its values
+to files in ``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's multiprocess mode, which the
+command line sets up) and ``/metrics`` from any of them answers the sum over all of them:
+one view. The two gauges are then each process's value as of its last refresh (every
+``--poll`` seconds and on every scrape), summed over the live processes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -25,6 +36,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+#: the folder of prometheus_client's multiprocess mode
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0, 30.0)
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384, 65536)
@@ -70,10 +83,16 @@ class Metrics:
             "mlaas_model_loads", "Model version loads by result", ["model", "result"],
             registry=registry,
         )
-        Gauge("mlaas_queue_rows", "Rows waiting for a prediction thread",
-              registry=registry).set_function(queue_rows)
-        Gauge("mlaas_models_loaded", "Loaded model versions",
-              registry=registry).set_function(models_loaded)
+        self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
+        self._gauges: list[tuple[Gauge, Callable[[], float]]] = []
+        for name, doc, function in (
+                ("mlaas_queue_rows", "Rows waiting for a prediction thread", queue_rows),
+                ("mlaas_models_loaded", "Loaded model versions", models_loaded)):
+            if self.multiprocess:  # files: values are written, not computed on scrape
+                self._gauges.append((Gauge(name, doc, registry=registry,
+                                           multiprocess_mode="livesum"), function))
+            else:
+                Gauge(name, doc, registry=registry).set_function(function)
 
     def observe_request(
         self, model: str, version: str, endpoint: str, status: int, seconds: float
@@ -88,6 +107,48 @@ class Metrics:
     def observe_load(self, model: str, version: str, ok: bool) -> None:
         self.loads.labels(model, "ok" if ok else "error").inc()
 
+    def refresh(self) -> None:
+        """Write this process's gauge values (multiprocess mode; nothing otherwise)."""
+        for gauge, function in self._gauges:
+            gauge.set(function())
+
     def render(self) -> bytes:
-        """The metrics in the Prometheus text format."""
-        return generate_latest(self.registry)
+        """The metrics in the Prometheus text format (of every process in multiprocess
+        mode)."""
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        from prometheus_client import multiprocess
+
+        self.refresh()
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+
+    def close(self) -> None:
+        """This process is going: its live gauges leave the sum."""
+        if self.multiprocess:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid())
+
+
+@contextlib.contextmanager
+def shared_metrics_dir() -> Iterator[Path]:
+    """Set up prometheus_client's multiprocess mode for the server processes started inside:
+    ``PROMETHEUS_MULTIPROC_DIR`` as given (its old value files removed, as
+    prometheus_client asks) or a new temporary folder, removed at the end."""
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        folder = Path(given)
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("*.db"):
+            old.unlink(missing_ok=True)
+        yield folder
+        return
+    folder = Path(tempfile.mkdtemp(prefix="mlaas-metrics-"))
+    os.environ[MULTIPROC_ENV] = str(folder)
+    try:
+        yield folder
+    finally:
+        os.environ.pop(MULTIPROC_ENV, None)
+        shutil.rmtree(folder, ignore_errors=True)
