@@ -9,24 +9,32 @@
 #      worker of a local-gpu cluster);
 #   3. generates a sample of >= 2M events and runs 'mlaas bench' on local:2 (2 CPU workers)
 #      and local-gpu (CPU workers read, one GPU worker trains);
-#   4. writes everything under $OUT (bench.md/json/png, test log, nvidia-smi, summary.json)
-#      and checks the targets: GPU training >= 8x faster than 2 CPU workers, AUC within 0.005.
+#   4. trains the same MLP (3 x 128, issue 12) with device: cuda on local-gpu vs
+#      data-parallel on 2 CPU worker processes (model.workers: 2, gloo), through
+#      benchmarks/bench_nn_parallel.py --compare-gpu on the same sample;
+#   5. writes everything under $OUT (bench.md/json/png, nn.json, logs, nvidia-smi,
+#      summary.json) and checks the targets: XGBoost GPU training >= 8x faster than 2 CPU
+#      workers, the network's GPU epoch rate >= 5x that of 2 CPU workers, AUCs within 0.005.
 #
 # CPU path (here, CI, laptops):  benchmarks/gpu_check.sh --cpu [--events 20000]
 #   same steps with a small sample and clusters local:1,local:2,local-gpu; the GPU tests
-#   skip and local-gpu gets a 'failed' row (no GPU), which is what the CPU path expects.
+#   skip and local-gpu gets a 'failed' row (no GPU), and the network's cuda run fails with
+#   its message while the 2 CPU workers train it: what the CPU path expects.
 #
 # Wheels for the GPU machine (prepare here; see the device tool's README for the platform
 # flags): pip download --no-deps --only-binary=:all: --python-version 3.12 ... -d .whl
 #   xgboost-cu13==3.3.0 dask==2025.3.0 distributed==2025.3.0 dask-awkward==2026.2.1
 #   awkward awkward-cpp uproot==5.7.* cramjam xxhash tornado tblib zict locket partd
 #   sortedcontainers click packaging
+# and for the network (torch is there already): onnx onnxruntime onnxscript onnx_ir
+#   ml_dtypes safetensors (the network path imports xgboost too, via mlaas_dask.train.xgb)
 # xgboost-cu13 alone is 59 MB of the 64 MiB a call carries: carry it in a first call that
 # installs it into /tmp/site (pip install --target /tmp/site), the rest in a second call,
 # back to back while the machine is warm, then run this script in that second call.
 #
 # Options: --cpu | --gpu (default: --gpu when nvidia-smi lists a GPU), --events N,
-#          --rounds N (boosting rounds, default 100),
+#          --rounds N (boosting rounds, default 100), --epochs N (network epochs, default
+#          3), --nn-events N (events of the network comparison, default: --events),
 #          --out DIR (default: $OUT, else benchmarks/results/gpu_check)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +43,8 @@ ROOT="$PWD"
 MODE=""
 EVENTS=""
 ROUNDS=100
+EPOCHS=3
+NN_EVENTS=""
 DEST="${OUT:-$ROOT/benchmarks/results/gpu_check}"
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -42,6 +52,8 @@ while [ $# -gt 0 ]; do
         --gpu) MODE=gpu ;;
         --events) EVENTS="$2"; shift ;;
         --rounds) ROUNDS="$2"; shift ;;
+        --epochs) EPOCHS="$2"; shift ;;
+        --nn-events) NN_EVENTS="$2"; shift ;;
         --out) DEST="$2"; shift ;;
         *) echo "gpu_check: unknown argument $1" >&2; exit 2 ;;
     esac
@@ -71,7 +83,7 @@ if [ -x "$ROOT/.venv/bin/python" ]; then
 else
     PY="$(command -v python3)"
     [ -d /tmp/site ] && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-    if ! "$PY" -c "import dask, distributed, xgboost, uproot, dask_awkward" 2> /dev/null; then
+    if ! "$PY" -c "import dask, distributed, xgboost, uproot, dask_awkward, onnx, onnxruntime, safetensors" 2> /dev/null; then
         if ! ls "$ROOT"/.whl/*.whl > /dev/null 2>&1; then
             echo "gpu_check: no dask/xgboost here and no wheels in .whl/ (carry them)" >&2
             exit 2
@@ -89,7 +101,8 @@ MLAAS=("$PY" -m mlaas_dask)
 "$PY" - > "$DEST/versions.txt" 2>&1 <<'PY'
 import platform, importlib.metadata as m
 print("python", platform.python_version())
-for p in ("xgboost", "xgboost-cu13", "dask", "distributed", "dask-awkward", "uproot"):
+for p in ("xgboost", "xgboost-cu13", "dask", "distributed", "dask-awkward", "uproot",
+          "torch", "onnx", "onnxruntime", "safetensors"):
     try:
         print(p, m.version(p))
     except m.PackageNotFoundError:
@@ -135,11 +148,19 @@ YAML
 BENCH_RC=$?
 cat "$DEST/bench.md" 2> /dev/null || tail -20 "$DEST/bench.log"
 
-# 4. targets
-"$PY" - "$DEST" "$MODE" "$TESTS_RC" "$BENCH_RC" <<'PY'
+# 4. the network: device cuda on local-gpu vs model.workers: 2 on 2 CPU worker processes
+"$PY" benchmarks/bench_nn_parallel.py --compare-gpu --data "$DATA" \
+    --events "${NN_EVENTS:-$EVENTS}" --hidden 128 --epochs "$EPOCHS" --batch-size 1024 \
+    --out "$DEST/nn.json" > "$DEST/nn.log" 2>&1
+NN_RC=$?
+cat "$DEST/nn.json" 2> /dev/null || tail -20 "$DEST/nn.log"
+
+# 5. targets
+"$PY" - "$DEST" "$MODE" "$TESTS_RC" "$BENCH_RC" "$NN_RC" <<'PY'
 import json, sys
 from pathlib import Path
-dest, mode, tests_rc, bench_rc = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+dest, mode = Path(sys.argv[1]), sys.argv[2]
+tests_rc, bench_rc, nn_rc = (int(v) for v in sys.argv[3:6])
 rows = {}
 if (dest / "bench.json").exists():
     rows = {r["cluster"]: r for r in json.loads((dest / "bench.json").read_text())["rows"]}
@@ -152,11 +173,19 @@ if cpu.get("train_s") and gpu.get("train_s"):
     summary["train_speedup"] = cpu["train_s"] / gpu["train_s"]
     summary["auc_difference"] = abs(cpu["auc"] - gpu["auc"])
     summary["targets_met"] = summary["train_speedup"] >= 8 and summary["auc_difference"] <= 0.005
+nn = json.loads((dest / "nn.json").read_text()) if (dest / "nn.json").exists() else {}
+summary["nn_rc"] = nn_rc
+summary.update({f"nn_{k}": nn.get(k) for k in (
+    "cpu2_epoch_events_per_s", "gpu_epoch_events_per_s", "gpu_speedup", "cpu2_auc",
+    "gpu_auc", "auc_difference", "targets_met", "gpu_error")})
 (dest / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 print(json.dumps(summary, indent=2))
 if mode == "gpu":
-    ok = tests_rc == 0 and bench_rc == 0 and summary.get("targets_met")
-else:  # CPU path: the GPU tests skip (pytest rc 0 or 5), local:2 works, local-gpu fails
-    ok = tests_rc in (0, 5) and bench_rc == 0 and cpu.get("auc") and gpu.get("error")
+    ok = (tests_rc == 0 and bench_rc == 0 and summary.get("targets_met") and nn_rc == 0
+          and nn.get("targets_met"))
+else:  # CPU path: the GPU tests skip (pytest rc 0 or 5), local:2 works, local-gpu fails;
+    # the network trains on 2 CPU workers and its cuda run fails with a message
+    ok = (tests_rc in (0, 5) and bench_rc == 0 and cpu.get("auc") and gpu.get("error")
+          and nn_rc == 0 and nn.get("cpu2_auc") and nn.get("gpu_error"))
 sys.exit(0 if ok else 1)
 PY
