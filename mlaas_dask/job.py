@@ -375,8 +375,11 @@ class Job:
     raw: dict[str, Any] = field(default_factory=dict)
 
 
-def load_job(path: str | Path) -> Job:
+def load_job(path: str | Path, *, events: bool = False) -> Job:
     """Load and validate a YAML job file.
+
+    ``events``: the groups' events come from dask-awkward collections, given to
+    ``train(job, events={group: collection})``; the groups then list no files.
 
     Raises
     ------
@@ -385,18 +388,41 @@ def load_job(path: str | Path) -> Job:
     """
     path = Path(path)
     data, lines = load_yaml(path)
-    job = job_from_dict(data, Validator(str(path), lines, file=str(path)), base=path.parent)
+    job = job_from_dict(data, Validator(str(path), lines, file=str(path)), base=path.parent,
+                        events=events)
     job.source = path
     return job
 
 
-def job_from_text(text: str, base: Path | None = None, name: str = "<job>") -> Job:
+def job_from_text(text: str, base: Path | None = None, name: str = "<job>", *,
+                  events: bool = False) -> Job:
     """:func:`load_job` for YAML text (notebooks, tests)."""
     data, lines = parse_yaml(text, name)
-    return job_from_dict(data, Validator(name, lines), base=base or Path.cwd())
+    return job_from_dict(data, Validator(name, lines), base=base or Path.cwd(), events=events)
 
 
-def job_from_dict(data: Any, validator: Validator, base: Path) -> Job:
+def _group_files(g: dict[str, Any], where: tuple[Any, ...], validator: Validator, base: Path,
+                 events: bool) -> None:
+    """A group's files, its file list read in (none when its events come from
+    collections)."""
+    if events:
+        if g["files"] or g["file_list"]:
+            raise validator.error(where, f"group {g['name']!r} lists files, but its events "
+                                  "come from train(job, events=...): remove its files.")
+    elif g["file_list"]:
+        from mlaas_dask.data.dataset import read_file_list
+        from mlaas_dask.errors import DataError
+
+        try:
+            g["files"] = [*g["files"], *read_file_list(_resolve(g["file_list"], base))]
+        except DataError as err:
+            raise validator.error((*where, "file_list"), str(err)) from None
+    elif not g["files"]:
+        raise validator.error(where, f"group {g['name']!r} has no files: give 'files' "
+                              "(paths, globs, URLs) or 'file_list' (a text file).")
+
+
+def job_from_dict(data: Any, validator: Validator, base: Path, *, events: bool = False) -> Job:
     """Validate an already parsed job mapping."""
     if data is None:
         raise validator.error((), "the job file is empty; it needs at least 'dataset' and "
@@ -404,18 +430,7 @@ def job_from_dict(data: Any, validator: Validator, base: Path) -> Job:
     clean = validator.mapping(data, JOB_SCHEMA)
     dataset = clean["dataset"]
     for i, g in enumerate(dataset["groups"]):
-        where = ("dataset", "groups", i)
-        if g["file_list"]:
-            from mlaas_dask.data.dataset import read_file_list
-            from mlaas_dask.errors import DataError
-
-            try:
-                g["files"] = [*g["files"], *read_file_list(_resolve(g["file_list"], base))]
-            except DataError as err:
-                raise validator.error((*where, "file_list"), str(err)) from None
-        elif not g["files"]:
-            raise validator.error(where, f"group {g['name']!r} has no files: give 'files' "
-                                  "(paths, globs, URLs) or 'file_list' (a text file).")
+        _group_files(g, ("dataset", "groups", i), validator, base, events)
     groups = [
         FileGroup(
             name=g["name"],

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from mlaas_dask.contracts import MatrixStats, ReadReport
+from mlaas_dask.data.collections import CollectionDataset
 from mlaas_dask.data.dataset import Dataset, Partition, PartitionSource
 from mlaas_dask.data.remote import ReadFailure, display, failure_record, max_files_unopened
 from mlaas_dask.errors import DataError, FeatureError
@@ -204,7 +205,7 @@ def cut_branches(cut: str | None) -> list[str]:
     return sorted(Expression(cut, "selection cut").names) if cut else []
 
 
-def sample_multiplicities(dataset: Dataset, spec: FeatureSpec,
+def sample_multiplicities(dataset: Dataset | CollectionDataset, spec: FeatureSpec,
                           sample: int = 100_000) -> dict[str, np.ndarray]:
     """Objects per event of every ``n: auto`` collection, from the first events of the
     first readable file of each group (a sample, not a full pass; with ``on_error: skip``
@@ -223,7 +224,7 @@ def sample_multiplicities(dataset: Dataset, spec: FeatureSpec,
 
 
 def build_matrices(
-    client: Any, dataset: Dataset, plan: PartitionPlan, progress: bool = True,
+    client: Any, dataset: Dataset | CollectionDataset, plan: PartitionPlan, progress: bool = True,
     workers: list[str] | None = None,
 ) -> Matrices:
     """Read and transform every partition on the cluster; keep the results on the workers.
@@ -236,16 +237,7 @@ def build_matrices(
     from dask import delayed
     from distributed import progress as progress_bar
 
-    sources = dataset.sources()
-    # a key of its own per job ('read_and_process-<hex>'): a second job on the same data
-    # must read (or hit the feature cache) and report what it did itself, not get an
-    # earlier job's results back from the workers
-    import uuid
-
-    task = delayed(read_and_process, pure=True)
-    tasks = [task(p, sources[p.file], plan,
-                  dask_key_name=f"read_and_process-{uuid.uuid4().hex}")
-             for p in dataset.partitions]
+    tasks = _partition_tasks(dataset, plan)
     restrict = {"workers": workers, "allow_other_workers": False} if workers else {}
     futures = client.compute(tasks, **restrict)
     if progress:
@@ -257,7 +249,8 @@ def build_matrices(
         client.cancel(futures)
         raise
     try:
-        report = read_report(stats, dataset)
+        report = (dataset.read_report(stats) if isinstance(dataset, CollectionDataset)
+                  else read_report(stats, dataset))
     except DataError:
         client.cancel(futures)
         raise
@@ -285,6 +278,27 @@ def build_matrices(
         matrices.y[name] = da.concatenate(blocks_y)
         matrices.w[name] = da.concatenate(blocks_w)
     return matrices
+
+
+def _partition_tasks(dataset: Dataset | CollectionDataset, plan: PartitionPlan) -> list[Any]:
+    """One task per partition: the job path's tasks read their files themselves
+    (:func:`read_and_process`); a collection's partitions come from its own graph."""
+    import uuid
+
+    from dask import delayed
+
+    # a key of its own per job ('read_and_process-<hex>'): a second job on the same data
+    # must read (or hit the feature cache) and report what it did itself, not get an
+    # earlier job's results back from the workers
+    if isinstance(dataset, CollectionDataset):
+        task = delayed(process_partition, pure=True)
+        return [task(events, p, plan, dask_key_name=f"process_partition-{uuid.uuid4().hex}")
+                for events, p in zip(dataset.delayed_partitions(), dataset.partitions,
+                                     strict=True)]
+    sources = dataset.sources()
+    task = delayed(read_and_process, pure=True)
+    return [task(p, sources[p.file], plan, dask_key_name=f"read_and_process-{uuid.uuid4().hex}")
+            for p in dataset.partitions]
 
 
 def _get_stats(result: dict[str, Any]) -> dict[str, Any]:
@@ -446,7 +460,8 @@ def _failure_lines(items: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _summarise(stats: list[dict[str, Any]], dataset: Dataset, plan: PartitionPlan) -> MatrixStats:
+def _summarise(stats: list[dict[str, Any]], dataset: Dataset | CollectionDataset,
+               plan: PartitionPlan) -> MatrixStats:
     n_classes = plan.n_classes
     per_class = {name: [0] * n_classes for name in SPLIT_NAMES}
     weight_per_class = {name: [0.0] * n_classes for name in SPLIT_NAMES}

@@ -21,7 +21,7 @@ import logging
 import platform
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +36,8 @@ if TYPE_CHECKING:
     from mlaas_dask.bundle import ModelBundle
     from mlaas_dask.cluster.placement import StagePlan
     from mlaas_dask.contracts import MatrixStats, Metrics
-    from mlaas_dask.data.dataset import Dataset
+    from mlaas_dask.data.collections import CollectionDataset
+    from mlaas_dask.data.dataset import Dataset, Group
     from mlaas_dask.features import FeatureSpec
     from mlaas_dask.job import Job
     from mlaas_dask.train.fitted import Fitted
@@ -59,7 +60,7 @@ class Prepared:
     """A job ready to be read on a cluster: its dataset (files opened, branches checked),
     the resolved FeatureSpec and the plan every partition task follows."""
 
-    dataset: Dataset
+    dataset: Dataset | CollectionDataset
     spec: FeatureSpec
     plan: PartitionPlan
 
@@ -134,21 +135,80 @@ def prepare(job: Job) -> Prepared:
     Reads the file headers (and, for ``n: auto`` collections, a sample of events); runs
     in the calling process, before any cluster is started.
     """
-    from mlaas_dask.data.dataset import Dataset, Group
-    from mlaas_dask.train.matrix import PartitionPlan, cut_branches, sample_multiplicities
+    from mlaas_dask.data.dataset import Dataset
 
     config = job.dataset
-    spec = job.features
-    groups = [Group(g.name, tuple(g.files), config.label_index(g), g.weight)
-              for g in config.groups]
-    needed = [*spec.branches(), *cut_branches(config.cut)]
-    needed += [b for b in (config.weight_branch, config.label_branch) if b]
-    dataset = Dataset(groups, config.tree, list(dict.fromkeys(needed)), config.step_size,
+    groups = _groups(job)
+    dataset = Dataset(groups, config.tree, _needed(job), config.step_size,
                       optional_branches=config.id_branches, policy=config.policy,
                       cache=config.feature_cache)
     for item in dataset.unopened:
         logger.info("Skipping %s (dataset.on_error: skip): %s", item["file"], item["error"])
-    spec.check_schema(dataset.jagged, where=f"tree {config.tree!r} of {dataset.files[0].path}")
+    prepared = _prepared(job, dataset, f"tree {config.tree!r} of {dataset.files[0].path}")
+    logger.info("Dataset: %d files, %s events, %d partitions; reading %d branches; "
+                "%d features.", len(dataset.files), f"{dataset.entries:,}",
+                len(dataset.partitions), len(dataset.branches), prepared.spec.n_features)
+    return prepared
+
+
+def prepare_events(job: Job, events: Mapping[str, Any]) -> Prepared:
+    """:func:`prepare` for the user's dask-awkward collections, one per group of the job
+    (whose groups then list no files): see :mod:`mlaas_dask.data.collections`.
+
+    Only the collections' types are looked at (for ``n: auto``, a sample of events is
+    computed); nothing else is read before the cluster reads the partitions.
+    """
+    from mlaas_dask.data.collections import CollectionDataset
+
+    config = job.dataset
+    names = [g.name for g in config.groups]
+    unknown = [k for k in events if k not in names]
+    if unknown or len(events) != len(names):
+        missing = [n for n in names if n not in events]
+        raise ConfigError(
+            f"train(job, events=...) needs one collection per group of the job, by name: "
+            f"the groups are {', '.join(map(repr, names))}"
+            + (f"; no group is named {unknown[0]!r}" if unknown else "")
+            + (f"; group {missing[0]!r} has no collection" if missing else "") + ".")
+    with_files = [g.name for g in config.groups if g.files]
+    if with_files:
+        raise ConfigError(f"Group {with_files[0]!r} lists files, and train(job, events=...) "
+                          "gives its events too: load the job with load_job(path, "
+                          "events=True), whose groups list no files.")
+    dataset = CollectionDataset(_groups(job), [events[n] for n in names], _needed(job),
+                                optional_branches=config.id_branches)
+    prepared = _prepared(job, dataset, f"the events of group {names[0]!r}")
+    logger.info("Dataset: %d dask-awkward collections, %d partitions; reading %d branches; "
+                "%d features.", len(names), len(dataset.partitions), len(dataset.branches),
+                prepared.spec.n_features)
+    return prepared
+
+
+def _groups(job: Job) -> list[Group]:
+    from mlaas_dask.data.dataset import Group
+
+    config = job.dataset
+    return [Group(g.name, tuple(g.files), config.label_index(g), g.weight)
+            for g in config.groups]
+
+
+def _needed(job: Job) -> list[str]:
+    """The branches a job reads: its features', its cut's, its weight and label."""
+    from mlaas_dask.train.matrix import cut_branches
+
+    config = job.dataset
+    needed = [*job.features.branches(), *cut_branches(config.cut)]
+    needed += [b for b in (config.weight_branch, config.label_branch) if b]
+    return list(dict.fromkeys(needed))
+
+
+def _prepared(job: Job, dataset: Any, where: str) -> Prepared:
+    """The checks, the sizing of ``n: auto`` and the plan, whatever the dataset."""
+    from mlaas_dask.train.matrix import PartitionPlan, sample_multiplicities
+
+    config = job.dataset
+    spec = job.features
+    spec.check_schema(dataset.jagged, where=where)
     if config.weight_branch and dataset.jagged[config.weight_branch]:
         raise FeatureError(f"The weight branch {config.weight_branch!r} is a list per event; "
                            "dataset.weight_branch needs one number per event.",
@@ -162,12 +222,10 @@ def prepare(job: Job) -> Prepared:
     plan = PartitionPlan(
         spec=spec, cut=config.cut, weight_branch=config.weight_branch, id_branches=ids,
         fractions=(job.split.train, job.split.validation), seed=job.split.seed,
-        group_weights=tuple(g.weight for g in groups), labels=tuple(g.label for g in groups),
+        group_weights=tuple(g.weight for g in dataset.groups),
+        labels=tuple(g.label for g in dataset.groups),
         n_classes=len(config.classes), label_branch=config.label_branch,
     )
-    logger.info("Dataset: %d files, %s events, %d partitions; reading %d branches; "
-                "%d features.", len(dataset.files), f"{dataset.entries:,}",
-                len(dataset.partitions), len(dataset.branches), spec.n_features)
     return Prepared(dataset, spec, plan)
 
 
