@@ -1,2 +1,4 @@
-"""Data: ROOT datasets (local, root://, https://) as lazily partitioned dask-awkward
-collections, sample generation and file inspection."""
+"""Data: ROOT datasets (local, root://, https://) read partition by partition with
+uproot (the job path: :mod:`~mlaas_dask.data.dataset`, with retries and fallbacks), the
+user's dask-awkward collections (:mod:`~mlaas_dask.data.collections`,
+:mod:`~mlaas_dask.data.events`), sample generation and file inspection."""

@@ -1,8 +1,13 @@
-"""Datasets: file groups read lazily with ``uproot.dask`` into dask-awkward partitions.
+"""Datasets: file groups read lazily, partition by partition, by the package's own tasks.
 
 Opening a dataset reads only file metadata (trees, branch types, entry counts): partitions
-and their sizes are known before any event is read, and only the branches asked for are
-ever read (column projection).
+(entry ranges) and their sizes are known before any event is read, and only the branches
+asked for are ever read (column projection). Each partition is read by one Dask task with
+uproot directly (:class:`PartitionSource`), not through ``uproot.dask``, so that every read
+has its own timeout, retries and fallbacks and no credentials enter the task graph;
+:meth:`Dataset.to_dask_awkward` gives the same partitions as plain ``uproot.dask``. The
+user's own dask-awkward collections are read through their graphs instead
+(:mod:`mlaas_dask.data.collections`).
 
 Files may be local paths or globs, ``root://`` URLs (globs too), ``https://`` / ``davs://``
 URLs, or CMS logical file names (``/store/...``) read through the redirectors of a
