@@ -378,3 +378,46 @@ def test_ctrl_c_during_training_says_the_epoch_and_leaves_no_bundle(client,
     while any(client.processing().values()) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not any(client.processing().values())
+
+
+def _graph(n_in: int, n_out: int, external: bool = False) -> bytes:
+    """A one-MatMul ONNX model (or one whose weights point to a file on disk)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.ones((n_in, n_out), np.float32), "W")
+    if external:
+        weights.ClearField("raw_data")
+        weights.data_location = TensorProto.EXTERNAL
+        entry = weights.external_data.add()
+        entry.key, entry.value = "location", "/etc/hostname"
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["features", "W"], ["probabilities"])], "g",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, n_in])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, n_out])],
+        [weights])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]
+                             ).SerializeToString()
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("garbage", "is not a readable ONNX model"),
+    ("external_weights", "is not a readable ONNX model"),
+    ("wrong_width", "gives scores of shape (3,) per event; expected 1 for 2 classes"),
+    ("wrong_features", "cannot score the {n} features that features.json describes"),
+])
+def test_bad_onnx_models_are_refused(torch_bundle: Path, tmp_path: Path, case: str,
+                                     expected: str) -> None:
+    import shutil
+
+    from mlaas_dask.errors import BundleError
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(torch_bundle, bundle)
+    n = ModelBundle.load(torch_bundle).spec.n_features
+    data = {"garbage": b"\x08\x01garbage", "external_weights": _graph(n, 1, external=True),
+            "wrong_width": _graph(n, 3), "wrong_features": _graph(n + 2, 1)}[case]
+    (bundle / "model.onnx").write_bytes(data)
+    with pytest.raises(BundleError) as err:
+        ModelBundle.load(bundle)
+    assert expected.format(n=n) in str(err.value), str(err.value)
+    assert err.value.file == "model.onnx"
