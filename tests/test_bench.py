@@ -22,7 +22,7 @@ def test_gpu_check_cpu_path_runs_mlaas_bench(tmp_path: Path) -> None:
     env = {**os.environ, "MLAAS_GPU_CHECK_DATA": str(tmp_path / "data")}
     env.pop("CUDA_VISIBLE_DEVICES", None)
     run = subprocess.run([str(REPO / "benchmarks" / "gpu_check.sh"), "--cpu", "--events",
-                          "20000", "--rounds", "30", "--out", str(out)], capture_output=True,
+                          "20000", "--rounds", "30", "--epochs", "2", "--out", str(out)], capture_output=True,
                          text=True, env=env, timeout=400, check=False)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "1 skipped" in (out / "gpu_tests.log").read_text()
@@ -54,6 +54,12 @@ def test_gpu_check_cpu_path_runs_mlaas_bench(tmp_path: Path) -> None:
     assert png.shape[0] >= 400 and png.shape[1] >= 1200
     summary = json.loads((out / "summary.json").read_text())
     assert summary["mode"] == "cpu" and summary["cpu2_auc"] == rows["local:2"]["auc"]
+    # the network (issue 12): trained data-parallel on 2 CPU workers (14 steps of 1024
+    # events: it learns, 0.5 would be no learning); its cuda run is refused here
+    network = json.loads((out / "nn.json").read_text())
+    assert network["cpu2_auc"] > 0.6 and network["cpu2_epoch_events_per_s"] > 0
+    assert "shows none" in network["gpu_error"]
+    assert summary["nn_cpu2_auc"] == network["cpu2_auc"] and summary["nn_rc"] == 0
 
 
 def test_markdown_table_shapes() -> None:
