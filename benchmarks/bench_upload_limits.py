@@ -31,6 +31,7 @@ import httpx
 import psutil
 
 HERE = Path(__file__).resolve().parent
+TUTORIAL = HERE.parent.parent / "shared" / "data" / "cms-hep-tutorial-2012"
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
@@ -70,7 +71,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="mlaas-bench-upload-") as folder:
         root = Path(folder)
         bundle = train_bundle(root / "repo" / "hep" / "1", ["background", "signal"],
-                              ["ww", "zz"])
+                              ["ww", "zz"], tutorial=TUTORIAL)
         valid = tar_bytes({f"bundle/{p.name}": p.read_bytes() for p in bundle.path.iterdir()})
         bomb16 = gzip_bomb([(f"bundle/part{i}", GIB // 2) for i in range(16)])
         cases = [  # label, model name, archive, whether another client writes meanwhile

@@ -49,6 +49,7 @@ from mlaas_dask.serve import protocol
 
 HERE = Path(__file__).resolve().parent
 TESTS = HERE.parent / "tests"
+TUTORIAL = HERE.parent.parent / "shared" / "data" / "cms-hep-tutorial-2012"
 TOKEN = "fuzz-token"
 HEADER_LENGTH = protocol.HEADER_LENGTH
 DATATYPES = protocol.DATATYPES
@@ -680,7 +681,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="mlaas-fuzz-") as folder:
         root = Path(folder)
-        xgb = train_bundle(root / "repo" / "hep" / "1", ["background", "signal"], ["ww", "zz"])
+        xgb = train_bundle(root / "repo" / "hep" / "1", ["background", "signal"], ["ww", "zz"],
+                           tutorial=TUTORIAL)
         skl = train_sklearn_bundle(root / "repo" / "skl" / "1", xgb)
         archive = tar_bytes({f"bundle/{p.name}": p.read_bytes() for p in xgb.path.iterdir()})
         (root / "token").write_text(TOKEN)

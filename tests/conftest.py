@@ -16,16 +16,41 @@ import pytest
 from mlaas_dask.data.rootio import write_ttree
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-HEP_TUTORIAL = SHARED_DATA / "cms-hep-tutorial-2012"
-NANOAOD = SHARED_DATA / "cms-nanoaod-2015" / "ttbar.root"
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"The shared CMS Open Data files are expected at {SHARED_DATA}")
-    return SHARED_DATA
+    """The shared CMS Open Data folder next to the repository; the test fails naming it
+    when it is missing."""
+    folder = REPO.parent / "shared" / "data"
+    if not folder.is_dir():
+        pytest.fail(f"The shared CMS Open Data files are expected at {folder}")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def hep_tutorial(shared_data: Path) -> Path:
+    """The CMS HEP tutorial 2012 folder (ww.root, zz.root, single_top.root, ...; tree
+    ``events``)."""
+    return shared_data / "cms-hep-tutorial-2012"
+
+
+@pytest.fixture(scope="session")
+def zz(hep_tutorial: Path) -> Path:
+    """The HEP tutorial's ZZ sample (2,421 events in tree ``events``)."""
+    return hep_tutorial / "zz.root"
+
+
+@pytest.fixture(scope="session")
+def nanoaod(shared_data: Path) -> Path:
+    """A real CMS NanoAOD file: ttbar.root (200 events in tree ``Events``)."""
+    return shared_data / "cms-nanoaod-2015" / "ttbar.root"
+
+
+@pytest.fixture(scope="session")
+def dimuon(shared_data: Path) -> Path:
+    """The 2010 dimuon file Zmumu.root (flat branches only)."""
+    return shared_data / "cms-dimuon-2010" / "Zmumu.root"
 
 
 def skip_or_fail(reason: str) -> None:

@@ -12,7 +12,7 @@ import uproot
 from mlaas_dask.data.dataset import Dataset, Group
 from mlaas_dask.errors import DataError
 
-from conftest import HEP_TUTORIAL, NANOAOD, write_events
+from conftest import write_events
 
 
 def dataset(files: list[str | Path], branches: list[str], tree: str = "Events",
@@ -31,11 +31,11 @@ def test_partitions_are_known_without_reading(tmp_path: Path) -> None:
     assert ds.jagged == {"MET_pt": False, "Jet_pt": True}
 
 
-def test_only_the_needed_branches_are_read() -> None:
+def test_only_the_needed_branches_are_read(nanoaod: Path) -> None:
     """Column projection on the real NanoAOD file (947 branches)."""
-    with uproot.open(NANOAOD) as f:
+    with uproot.open(nanoaod) as f:
         assert len(f["Events"].keys()) > 900
-    ds = dataset([NANOAOD], ["MET_pt", "Jet_pt", "Jet_eta"],
+    ds = dataset([nanoaod], ["MET_pt", "Jet_pt", "Jet_eta"],
                  optional_branches=["run", "luminosityBlock", "event", "no_such_id"])
     assert ds.optional_present == ["run", "luminosityBlock", "event"]
     array = ds.to_dask_awkward()
@@ -53,17 +53,17 @@ def test_missing_path_and_empty_glob(tmp_path: Path) -> None:
         dataset([tmp_path / "*.root"], ["MET_pt"])
 
 
-def test_wrong_tree_lists_trees_closest_first() -> None:
+def test_wrong_tree_lists_trees_closest_first(zz: Path) -> None:
     with pytest.raises(DataError) as err:
-        dataset([HEP_TUTORIAL / "zz.root"], ["MET_px"], tree="event")
+        dataset([zz], ["MET_px"], tree="event")
     message = str(err.value)
     assert "Tree 'event' is not in" in message and "zz.root" in message
     assert "Did you mean 'events'?" in message and "dataset.tree" in message
 
 
-def test_missing_branch_lists_closest_names() -> None:
+def test_missing_branch_lists_closest_names(zz: Path) -> None:
     with pytest.raises(DataError) as err:
-        dataset([HEP_TUTORIAL / "zz.root"], ["MET_pt"], tree="events")
+        dataset([zz], ["MET_pt"], tree="events")
     message = str(err.value)
     assert message.startswith("Branch 'MET_pt' is not in tree 'events' of")
     assert "Did you mean 'MET_p" in message and "'MET_px'" in message
@@ -87,10 +87,11 @@ def test_empty_file_is_named(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
-def test_corrupt_files_are_named_without_hanging(tmp_path: Path, damage: str) -> None:
+def test_corrupt_files_are_named_without_hanging(tmp_path: Path, hep_tutorial: Path,
+                                                  damage: str) -> None:
     path = tmp_path / f"{damage}.root"
     if damage == "truncated":
-        shutil.copy(HEP_TUTORIAL / "ww.root", path)
+        shutil.copy(hep_tutorial / "ww.root", path)
         with open(path, "r+b") as f:
             f.truncate(path.stat().st_size // 2)
     else:

@@ -13,8 +13,6 @@ import uproot
 from mlaas_dask.errors import FeatureError
 from mlaas_dask.features import Collection, Expression, FeatureSpec, estimate_n
 
-from conftest import HEP_TUTORIAL, NANOAOD
-
 
 def hand_features(event: dict, n: int, key: str = "pt") -> list[float]:
     """The HEP-tutorial spec below, event by event in plain Python."""
@@ -42,9 +40,9 @@ def tutorial_spec(n: int = 3, key: str = "pt") -> FeatureSpec:
 
 
 @pytest.mark.parametrize("key", ["pt", "btag"])
-def test_matches_hand_computation_on_real_cms_events(key: str) -> None:
+def test_matches_hand_computation_on_real_cms_events(hep_tutorial: Path, key: str) -> None:
     spec = tutorial_spec(key=key)
-    with uproot.open(HEP_TUTORIAL / "single_top.root") as f:
+    with uproot.open(hep_tutorial / "single_top.root") as f:
         events = f["events"].arrays(spec.branches(), entry_stop=400)
     X = spec.transform(events)
     assert X.dtype == np.float32 and X.shape == (400, spec.n_features)
@@ -72,10 +70,10 @@ def test_feature_names_and_json_round_trip() -> None:
                                rtol=1e-6)
 
 
-def test_real_nanoaod_already_sorted_and_clipped() -> None:
+def test_real_nanoaod_already_sorted_and_clipped(nanoaod: Path) -> None:
     spec = FeatureSpec(flat=["MET_pt"], collections={
         "Jet": Collection("Jet", ["pt", "eta"], n=2, sort_by="pt")})
-    with uproot.open(NANOAOD) as f:
+    with uproot.open(nanoaod) as f:
         events = f["Events"].arrays(spec.branches())
     X = spec.transform(events)
     counts = ak.num(events.Jet_pt).to_numpy()
@@ -103,9 +101,9 @@ def test_ascending_sort_and_nan_keys_last() -> None:
     np.testing.assert_array_equal(X[0], [1.0, 2.0, 3.0])
 
 
-def test_sliced_partitions_give_the_same_rows() -> None:
+def test_sliced_partitions_give_the_same_rows(hep_tutorial: Path) -> None:
     spec = tutorial_spec()
-    with uproot.open(HEP_TUTORIAL / "ww.root") as f:
+    with uproot.open(hep_tutorial / "ww.root") as f:
         events = f["events"].arrays(spec.branches(), entry_stop=300)
     whole = spec.transform(events)
     np.testing.assert_array_equal(spec.transform(events[100:200]), whole[100:200])
@@ -133,9 +131,9 @@ def test_dense_and_sparse_slots_match_pad_none(sort: bool) -> None:
     np.testing.assert_array_equal(X[:, 1:], _pad_reference(x, 3, sort))
 
 
-def test_kept_events_in_any_order_give_the_same_rows() -> None:
+def test_kept_events_in_any_order_give_the_same_rows(hep_tutorial: Path) -> None:
     spec = tutorial_spec()
-    with uproot.open(HEP_TUTORIAL / "ww.root") as f:
+    with uproot.open(hep_tutorial / "ww.root") as f:
         events = f["events"].arrays(spec.branches(), entry_stop=500)
     keep = np.random.default_rng(1).permutation(500)[:321]
     X, _ = spec.transform_with_stats(events, keep)

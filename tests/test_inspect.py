@@ -29,17 +29,6 @@ from mlaas_dask.data.sample import generate_sample
 from mlaas_dask.errors import DataError
 from mlaas_dask.features.spec import FeatureSpec
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-ZZ = SHARED_DATA / "cms-hep-tutorial-2012" / "zz.root"
-NANOAOD = SHARED_DATA / "cms-nanoaod-2015" / "ttbar.root"
-DIMUON = SHARED_DATA / "cms-dimuon-2010" / "Zmumu.root"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _shared_data() -> None:
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"The shared CMS Open Data files are expected at {SHARED_DATA}")
-
 
 @pytest.fixture(scope="module")
 def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -90,9 +79,9 @@ def finishes(call: Callable[[], Any], seconds: float = 60) -> BaseException | No
 # -- the report ---------------------------------------------------------------------------
 
 
-def test_hep_tutorial_file() -> None:
-    report = inspect_file(ZZ)
-    assert report["path"] == str(ZZ) and report["size_bytes"] == ZZ.stat().st_size
+def test_hep_tutorial_file(zz: Path) -> None:
+    report = inspect_file(zz)
+    assert report["path"] == str(zz) and report["size_bytes"] == zz.stat().st_size
     [tree] = report["trees"]
     assert tree["name"] == "events" and tree["entries"] == 2421
     assert tree["compression"] == {"algorithm": "zlib", "level": 1}
@@ -104,20 +93,20 @@ def test_hep_tutorial_file() -> None:
     assert branch(report, "Jet_ID")["type"] == "bool[]"
     assert branch(report, "MET_px")["multiplicity"] is None
     for name, counter in (("Jet_Px", "NJet"), ("Muon_Iso", "NMuon"), ("Photon_E", "NPhoton")):
-        expected = by_hand(ZZ, "events", name)
+        expected = by_hand(zz, "events", name)
         got = branch(report, name)["multiplicity"]
         assert got == pytest.approx(expected), name
         assert branch(report, name)["counter"] == counter
 
 
-def test_real_nanoaod_file() -> None:
-    report = inspect_file(NANOAOD)
+def test_real_nanoaod_file(nanoaod: Path) -> None:
+    report = inspect_file(nanoaod)
     [tree] = report["trees"]
     assert (tree["name"], tree["entries"], len(tree["branches"])) == ("Events", 200, 947)
     assert tree["compression"]["algorithm"] == "zlib"
     jet_pt = branch(report, "Jet_pt")
     assert (jet_pt["jagged"], jet_pt["counter"], jet_pt["type"]) == (True, "nJet", "float[]")
-    assert jet_pt["multiplicity"] == pytest.approx(by_hand(NANOAOD, "Events", "Jet_pt"))
+    assert jet_pt["multiplicity"] == pytest.approx(by_hand(nanoaod, "Events", "Jet_pt"))
     assert branch(report, "nJet")["is_counter"]
     assert branch(report, "event")["type"] == "uint64_t"
     assert sum(b["jagged"] for b in tree["branches"]) == 344
@@ -200,17 +189,17 @@ def test_suggestion_for_the_generated_sample(sample_dir: Path) -> None:
     assert matrix.shape == (500, spec.n_features)
 
 
-def test_suggestion_for_the_hep_tutorial_sorts_by_computed_pt() -> None:
-    block = suggest_features(inspect_file(ZZ))
+def test_suggestion_for_the_hep_tutorial_sorts_by_computed_pt(zz: Path) -> None:
+    block = suggest_features(inspect_file(zz))
     flat = block["flat"]
     assert flat == ["MET_px", "MET_py", "NPrimaryVertices"]
     jet = block["collections"]["Jet"]
     assert jet["derived"] == {"pt": "hypot(Px, Py)"} and jet["sort_by"] == "pt"
     assert jet["fields"] == ["pt", "Px", "Py", "Pz", "E", "btag"]
-    assert jet["n"] == math.ceil(by_hand(ZZ, "events", "Jet_Px")["p95"])
+    assert jet["n"] == math.ceil(by_hand(zz, "events", "Jet_Px")["p95"])
     assert set(block["collections"]) == {"Jet", "Muon", "Electron", "Photon"}
     spec = FeatureSpec.from_dict(block)
-    with uproot.open(ZZ) as file:
+    with uproot.open(zz) as file:
         events = file["events"].arrays(spec.branches(), entry_stop=300)
     matrix = spec.transform(events)
     hardest = ak.max(np.hypot(events.Jet_Px, events.Jet_Py), axis=1)
@@ -218,8 +207,9 @@ def test_suggestion_for_the_hep_tutorial_sorts_by_computed_pt() -> None:
                                ak.to_numpy(ak.fill_none(hardest, np.nan)), rtol=1e-6)
 
 
-def test_suggestion_for_nanoaod_leaves_out_ids_weights_truth_and_triggers() -> None:
-    report = inspect_file(NANOAOD)
+def test_suggestion_for_nanoaod_leaves_out_ids_weights_truth_and_triggers(
+        nanoaod: Path) -> None:
+    report = inspect_file(nanoaod)
     block = suggest_features(report)
     flat = set(block["flat"])
     assert {"MET_pt", "PV_npvs", "fixedGridRhoFastjetAll"} <= flat
@@ -231,15 +221,15 @@ def test_suggestion_for_nanoaod_leaves_out_ids_weights_truth_and_triggers() -> N
     assert {"pt", "eta", "phi", "mass", "btagDeepB"} <= set(jet["fields"])
     assert not {"genJetIdx", "hadronFlavour", "partonFlavour", "jetIdx"} & set(jet["fields"])
     assert jet["sort_by"] == "pt"
-    assert jet["n"] == math.ceil(by_hand(NANOAOD, "Events", "Jet_pt")["p95"])
+    assert jet["n"] == math.ceil(by_hand(nanoaod, "Events", "Jet_pt")["p95"])
     spec = FeatureSpec.from_dict(block)
-    with uproot.open(NANOAOD) as file:
+    with uproot.open(nanoaod) as file:
         matrix = spec.transform(file["Events"].arrays(spec.branches()))
     assert matrix.shape == (200, spec.n_features)
 
 
-def test_flat_file_gets_no_collections() -> None:
-    block = suggest_features(inspect_file(DIMUON))
+def test_flat_file_gets_no_collections(dimuon: Path) -> None:
+    block = suggest_features(inspect_file(dimuon))
     assert "collections" not in block
     assert "M" in block["flat"] and "Run" not in block["flat"] and "Type" not in block["flat"]
 
@@ -260,8 +250,8 @@ def test_text_report_ends_with_pasteable_yaml(sample_dir: Path) -> None:
 # -- bad input ----------------------------------------------------------------------------
 
 
-def test_missing_file_names_it_and_suggests_neighbours(tmp_path: Path) -> None:
-    shutil.copy(ZZ, tmp_path / "zz.root")
+def test_missing_file_names_it_and_suggests_neighbours(tmp_path: Path, zz: Path) -> None:
+    shutil.copy(zz, tmp_path / "zz.root")
     with pytest.raises(DataError) as info:
         inspect_file(tmp_path / "zzz.root")
     message = str(info.value)
@@ -269,8 +259,8 @@ def test_missing_file_names_it_and_suggests_neighbours(tmp_path: Path) -> None:
     assert "Did you mean 'zz.root'?" in message
 
 
-def test_directory_is_refused_with_its_root_files(tmp_path: Path) -> None:
-    shutil.copy(ZZ, tmp_path / "zz.root")
+def test_directory_is_refused_with_its_root_files(tmp_path: Path, zz: Path) -> None:
+    shutil.copy(zz, tmp_path / "zz.root")
     with pytest.raises(DataError, match=r"is a directory; give one ROOT file inside it. "
                                         r"ROOT files in it: zz.root"):
         inspect_file(tmp_path)
@@ -289,9 +279,9 @@ def test_not_a_root_file(tmp_path: Path, content: bytes, expected: str) -> None:
     assert expected in str(info.value) and str(path) in str(info.value)
 
 
-def test_truncated_file_is_named_and_does_not_hang(tmp_path: Path) -> None:
+def test_truncated_file_is_named_and_does_not_hang(tmp_path: Path, nanoaod: Path) -> None:
     path = tmp_path / "cut.root"
-    data = NANOAOD.read_bytes()
+    data = nanoaod.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     err = finishes(lambda: inspect_file(path))
     assert isinstance(err, DataError)
@@ -299,10 +289,11 @@ def test_truncated_file_is_named_and_does_not_hang(tmp_path: Path) -> None:
     assert f"{len(data) // 2:,} bytes but its header says {len(data):,}" in str(err)
 
 
-@pytest.mark.parametrize("source, tree", [(NANOAOD, "Events"), (ZZ, "events")])
-def test_corrupt_file_is_named_and_does_not_hang(tmp_path: Path, source: Path,
+@pytest.mark.parametrize("source, tree", [("nanoaod", "Events"), ("zz", "events")])
+def test_corrupt_file_is_named_and_does_not_hang(request: pytest.FixtureRequest,
+                                                 tmp_path: Path, source: str,
                                                  tree: str) -> None:
-    data = bytearray(source.read_bytes())
+    data = bytearray(request.getfixturevalue(source).read_bytes())
     noise = np.random.default_rng(0).integers(0, 256, len(data) // 2, dtype=np.uint8)
     start = len(data) // 4
     data[start:start + len(noise)] = noise.tobytes()
@@ -313,11 +304,11 @@ def test_corrupt_file_is_named_and_does_not_hang(tmp_path: Path, source: Path,
     assert str(path) in str(err) and "corrupt" in str(err)
 
 
-def test_unknown_tree_lists_the_closest_first() -> None:
+def test_unknown_tree_lists_the_closest_first(nanoaod: Path) -> None:
     with pytest.raises(DataError) as info:
-        inspect_file(NANOAOD, tree="events")
+        inspect_file(nanoaod, tree="events")
     message = str(info.value)
-    assert f"Tree 'events' is not in {NANOAOD}. Did you mean 'Events'?" in message
+    assert f"Tree 'events' is not in {nanoaod}. Did you mean 'Events'?" in message
     assert "--tree" in message
 
 
@@ -396,8 +387,8 @@ def test_remote_files_are_opened_as_datasets_open_them(
 # -- command line -------------------------------------------------------------------------
 
 
-def test_cli_prints_the_report(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["inspect", str(ZZ)]) == 0
+def test_cli_prints_the_report(capsys: pytest.CaptureFixture[str], zz: Path) -> None:
+    assert main(["inspect", str(zz)]) == 0
     out = capsys.readouterr().out
     assert "TTree 'events': 2,421 entries" in out and "Jet_Px" in out
     assert out.rstrip().splitlines()[-1].strip() == "multiplicity: true"
@@ -414,14 +405,15 @@ def test_cli_json(capsys: pytest.CaptureFixture[str], sample_dir: Path) -> None:
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["--tree", "Event"], f"Tree 'Event' is not in {NANOAOD}. Did you mean 'Events'?"),
+    (["--tree", "Event"], "Tree 'Event' is not in {nanoaod}. Did you mean 'Events'?"),
     (["--sample-events", "0"], "sample_events must be at least 1"),
-])
-def test_cli_bad_tree_exits_2(capsys: pytest.CaptureFixture[str], args: list[str],
-                              expected: str) -> None:
-    assert main(["inspect", str(NANOAOD), *args]) == 2
+], ids=["unknown-tree", "no-sample-events"])
+def test_cli_bad_tree_exits_2(capsys: pytest.CaptureFixture[str], nanoaod: Path,
+                              args: list[str], expected: str) -> None:
+    assert main(["inspect", str(nanoaod), *args]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("mlaas inspect: error: ") and expected in err
+    assert err.startswith("mlaas inspect: error: ")
+    assert expected.format(nanoaod=nanoaod) in err
     assert "Traceback" not in err
 
 

@@ -40,8 +40,9 @@ def printed_job(out: str) -> dict:
     return yaml.safe_load(out[out.index("dataset:"):])
 
 
-def test_epochs_and_batch_size_map_onto_a_keras_job(capsys, tmp_path: Path) -> None:
-    paths = write_mlaas4hep(tmp_path)  # epochs 5, batch_size 100
+def test_epochs_and_batch_size_map_onto_a_keras_job(capsys, tmp_path: Path,
+                                                     hep_tutorial: Path) -> None:
+    paths = write_mlaas4hep(tmp_path, hep_tutorial)  # epochs 5, batch_size 100
     assert main(mlaas4hep_args(paths, EXAMPLE, "--print-job")) == 0
     out = capsys.readouterr().out
     model = printed_job(out)["model"]
@@ -51,9 +52,9 @@ def test_epochs_and_batch_size_map_onto_a_keras_job(capsys, tmp_path: Path) -> N
     assert "MLaaS4HEP nevts: no equivalent" in out  # still reported
 
 
-def test_a_scikit_learn_file_keeps_epochs_and_reports_batch_size(capsys,
-                                                                 tmp_path: Path) -> None:
-    paths = write_mlaas4hep(tmp_path)
+def test_a_scikit_learn_file_keeps_epochs_and_reports_batch_size(
+        capsys, tmp_path: Path, hep_tutorial: Path) -> None:
+    paths = write_mlaas4hep(tmp_path, hep_tutorial)
     assert main(mlaas4hep_args(paths, REPO / "examples" / "my_model.py", "--print-job")) == 0
     out = capsys.readouterr().out
     assert printed_job(out)["model"]["kind"] == "sklearn"
@@ -62,12 +63,13 @@ def test_a_scikit_learn_file_keeps_epochs_and_reports_batch_size(capsys,
     assert "MLaaS4HEP epochs: no equivalent" not in out
 
 
-def test_a_tf_keras_file_is_refused_with_the_keras_3_import(capsys, tmp_path: Path) -> None:
+def test_a_tf_keras_file_is_refused_with_the_keras_3_import(capsys, tmp_path: Path,
+                                                            hep_tutorial: Path) -> None:
     old = tmp_path / "old_model.py"
     old.write_text(EXAMPLE.read_text().replace("import keras\nfrom keras import layers",
                                                "from tensorflow import keras\n"
                                                "from tensorflow.keras import layers"))
-    paths = write_mlaas4hep(tmp_path)
+    paths = write_mlaas4hep(tmp_path, hep_tutorial)
     assert main(mlaas4hep_args(paths, old, "--print-job")) == 2
     err = capsys.readouterr().err
     assert f"The MLaaS4HEP model file {old} imports TensorFlow" in err
@@ -75,8 +77,9 @@ def test_a_tf_keras_file_is_refused_with_the_keras_3_import(capsys, tmp_path: Pa
 
 
 @pytest.mark.slow
-def test_an_mlaas4hep_keras_job_trains_through_the_cli(capsys, client, tmp_path: Path) -> None:
-    paths = write_mlaas4hep(tmp_path)
+def test_an_mlaas4hep_keras_job_trains_through_the_cli(capsys, client, tmp_path: Path,
+                                                        hep_tutorial: Path) -> None:
+    paths = write_mlaas4hep(tmp_path, hep_tutorial)
     set_params(paths, epochs=2, batch_size=256)
     out = tmp_path / "bundle"
     code = main(mlaas4hep_args(paths, EXAMPLE, "--out", str(out), "--cluster",

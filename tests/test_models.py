@@ -16,7 +16,7 @@ from mlaas_dask.errors import BundleError, ConfigError
 from mlaas_dask.job import job_from_text
 from mlaas_dask.train import train
 
-from conftest import HEP_TUTORIAL, logged, write_events
+from conftest import logged, write_events
 from test_train import quiet, small_job
 
 pytestmark = pytest.mark.slow
@@ -210,10 +210,11 @@ def test_tune_grid_refuses_ranges() -> None:
                     {"a": 2, "b": "y"}]
 
 
-def write_mlaas4hep(tmp_path: Path, labels: str = "files") -> dict[str, Path]:
+def write_mlaas4hep(tmp_path: Path, hep_tutorial: Path,
+                    labels: str = "files") -> dict[str, Path]:
     """An MLaaS4HEP job in its documented format (params.json, files.txt, labels.txt,
     preproc.json) on the CMS HEP-tutorial files."""
-    files = [HEP_TUTORIAL / "single_top.root", HEP_TUTORIAL / "ww.root"]
+    files = [hep_tutorial / "single_top.root", hep_tutorial / "ww.root"]
     (tmp_path / "files.txt").write_text("# signal then background\n"
                                         + "\n".join(str(f) for f in files) + "\n")
     (tmp_path / "labels.txt").write_text("1\n0\n")
@@ -234,10 +235,10 @@ def write_mlaas4hep(tmp_path: Path, labels: str = "files") -> dict[str, Path]:
             "labels": tmp_path / "labels.txt", "preproc": tmp_path / "preproc.json"}
 
 
-def test_mlaas4hep_print_job(capsys, tmp_path: Path) -> None:
+def test_mlaas4hep_print_job(capsys, tmp_path: Path, hep_tutorial: Path) -> None:
     import yaml
 
-    paths = write_mlaas4hep(tmp_path)
+    paths = write_mlaas4hep(tmp_path, hep_tutorial)
     code = main(["train", "--from-mlaas4hep", str(paths["params"]), "--files",
                  str(paths["files"]), "--labels", str(paths["labels"]), "--preproc",
                  str(paths["preproc"]), "--print-job"])
@@ -256,8 +257,8 @@ def test_mlaas4hep_print_job(capsys, tmp_path: Path) -> None:
     assert "EventWeight" not in json.dumps(features)
 
 
-def test_mlaas4hep_job_trains(capsys, tmp_path: Path) -> None:
-    paths = write_mlaas4hep(tmp_path)
+def test_mlaas4hep_job_trains(capsys, tmp_path: Path, hep_tutorial: Path) -> None:
+    paths = write_mlaas4hep(tmp_path, hep_tutorial)
     code = main(["train", "--from-mlaas4hep", str(paths["params"]), "--files",
                  str(paths["files"]), "--labels", str(paths["labels"]), "--preproc",
                  str(paths["preproc"]), "--out", str(tmp_path / "b"), "--cluster", "local:1",

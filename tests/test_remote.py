@@ -32,7 +32,7 @@ from mlaas_dask.errors import DataError
 from mlaas_dask.job import job_from_text
 from mlaas_dask.train import train
 
-from conftest import NANOAOD, LogLines, logged, require_programs, write_events
+from conftest import LogLines, logged, require_programs, write_events
 from servers import FaultProxy, NginxServer, XRootDServer, served_dir
 
 pytestmark = pytest.mark.xrootd
@@ -41,7 +41,7 @@ TOKEN = "tok-" + "7f3a9c1e5b2d4f6a8c0e1b3d5f7a9c2e"  # what nginx wants on /secu
 N = 3000
 
 
-def _sample(root: Path) -> None:
+def _sample(root: Path, nanoaod: Path) -> None:
     rng = np.random.default_rng(7)
     for sub in ("store/mc", "store/bad", "secure/store/mc", "shared"):
         (root / sub).mkdir(parents=True, exist_ok=True)
@@ -54,7 +54,7 @@ def _sample(root: Path) -> None:
     data = (root / "store/mc/bkg2.root").read_bytes()
     (root / "store/bad/truncated.root").write_bytes(data[: len(data) // 3])
     shutil.copy(root / "store/mc/bkg2.root", root / "store/bad/unreadable.root")
-    shutil.copy(NANOAOD, root / "shared" / NANOAOD.name)  # a real CMS NanoAOD file
+    shutil.copy(nanoaod, root / "shared" / nanoaod.name)  # a real CMS NanoAOD file
     for dirpath, dirs, files in os.walk(root):
         for name in dirs:
             os.chmod(os.path.join(dirpath, name), 0o755)
@@ -64,11 +64,11 @@ def _sample(root: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def served() -> Iterator[Path]:
+def served(nanoaod: Path) -> Iterator[Path]:
     """The folder both servers export; the daemons are installed first (or skip)."""
     require_programs(("xrootd", "xrootd-server"), ("nginx", "nginx-light", "openssl"))
     root = served_dir()
-    _sample(root)
+    _sample(root, nanoaod)
     yield root
     shutil.rmtree(root, ignore_errors=True)
 
@@ -194,11 +194,12 @@ def test_root_and_https_jobs_score_like_local(one: Any, tmp_path: Path, xrootd: 
     assert gets and all(" 206 " in r and '"bytes=' in r for r in gets)
 
 
-def test_real_nanoaod_file_reads_the_same_everywhere(xrootd: Any, trust: Any) -> None:
+def test_real_nanoaod_file_reads_the_same_everywhere(xrootd: Any, trust: Any,
+                                                     nanoaod: Path) -> None:
     branches = ["Jet_pt", "Jet_eta", "MET_pt", "nMuon"]
     arrays = []
-    for where in (str(NANOAOD), f"{xrootd.url}//shared/{NANOAOD.name}",
-                  f"davs://127.0.0.1:{trust.port}/shared/{NANOAOD.name}"):
+    for where in (str(nanoaod), f"{xrootd.url}//shared/{nanoaod.name}",
+                  f"davs://127.0.0.1:{trust.port}/shared/{nanoaod.name}"):
         ds = Dataset([Group("g", (where,))], "Events", branches, step_size=70)
         assert ds.entries == 200 and len(ds.partitions) == 3
         arrays.append(ds.read(0, branches, 10, 150))

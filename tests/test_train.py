@@ -15,7 +15,7 @@ from mlaas_dask.errors import BundleError, DataError
 from mlaas_dask.job import job_from_text, load_job
 from mlaas_dask.train import train
 
-from conftest import HEP_TUTORIAL, REPO, write_events
+from conftest import REPO, write_events
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,7 @@ model: {{num_boost_round: 30, early_stopping_rounds: 5, params: {{max_depth: 3}}
 """
 
 
-def test_cms_tutorial_end_to_end(client, tmp_path: Path) -> None:
+def test_cms_tutorial_end_to_end(client, tmp_path: Path, hep_tutorial: Path) -> None:
     job = load_job(REPO / "examples" / "cms-hep-tutorial.yaml")
     result = train(job, cluster=client, out=tmp_path / "bundle", **quiet)
     bundle = tmp_path / "bundle"
@@ -50,7 +50,7 @@ def test_cms_tutorial_end_to_end(client, tmp_path: Path) -> None:
     assert 0.8 < metrics["auc"] < 1.0
     assert set(metrics["seconds"]) >= {"read_features", "train", "evaluate"}
     per_class = metrics["events_per_class"]
-    entries = {name: uproot.open(HEP_TUTORIAL / f"{name}.root")["events"].num_entries
+    entries = {name: uproot.open(hep_tutorial / f"{name}.root")["events"].num_entries
                for name in ("single_top", "ww", "wz", "zz")}
     assert sum(per_class[s][1] for s in per_class) == entries["single_top"]
     assert sum(per_class[s][0] for s in per_class) == entries["ww"] + entries["wz"] + entries["zz"]

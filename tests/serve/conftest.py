@@ -26,8 +26,6 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
     from starlette.testclient import TestClient
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-TUTORIAL = DATA / "cms-hep-tutorial-2012"
 TOKEN = "s3cret-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -46,10 +44,11 @@ def make_spec() -> FeatureSpec:
     )
 
 
-def read_events(name: str, spec: FeatureSpec, stop: int | None = None) -> Any:
+def read_events(path: Path, spec: FeatureSpec, stop: int | None = None) -> Any:
+    """The branches ``spec`` needs from tree ``events`` of a HEP tutorial file."""
     import uproot
 
-    with uproot.open(TUTORIAL / f"{name}.root") as handle:
+    with uproot.open(path) as handle:
         return handle["events"].arrays(spec.branches(), entry_stop=stop)
 
 
@@ -64,12 +63,14 @@ class Trained:
     labels: np.ndarray | None = None  # class index of each event
 
 
-def train_bundle(out: Path, classes: list[str], samples: list[str], rounds: int = 20) -> Trained:
+def train_bundle(out: Path, classes: list[str], samples: list[str], rounds: int = 20, *,
+                 tutorial: Path) -> Trained:
+    """An XGBoost bundle at ``out``: one class per sample (``tutorial / f"{sample}.root"``)."""
     import awkward as ak
     import xgboost
 
     spec = make_spec()
-    parts = [read_events(sample, spec) for sample in samples]
+    parts = [read_events(tutorial / f"{sample}.root", spec) for sample in samples]
     events = ak.concatenate(parts)
     matrix = spec.transform(events)
     labels = np.concatenate([np.full(len(p), i) for i, p in enumerate(parts)])
@@ -117,19 +118,18 @@ def train_sklearn_bundle(out: Path, xgb: Trained) -> Trained:
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+def trained(tmp_path_factory: pytest.TempPathFactory, hep_tutorial: Path) -> Trained:
     """A binary model: WW (background) against ZZ (signal)."""
-    if not TUTORIAL.is_dir():
-        pytest.fail(f"The shared CMS Open Data files are expected at {TUTORIAL}")
     out = tmp_path_factory.mktemp("bundles") / "binary"
-    return train_bundle(out, ["background", "signal"], ["ww", "zz"])
+    return train_bundle(out, ["background", "signal"], ["ww", "zz"], tutorial=hep_tutorial)
 
 
 @pytest.fixture(scope="session")
-def trained_multi(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+def trained_multi(tmp_path_factory: pytest.TempPathFactory, hep_tutorial: Path) -> Trained:
     """A three-class model: WW, WZ, ZZ."""
     out = tmp_path_factory.mktemp("bundles") / "multi"
-    return train_bundle(out, ["ww", "wz", "zz"], ["ww", "wz", "zz"], rounds=10)
+    return train_bundle(out, ["ww", "wz", "zz"], ["ww", "wz", "zz"], rounds=10,
+                        tutorial=hep_tutorial)
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ import pytest
 from mlaas_dask.bundle import ModelBundle
 from mlaas_dask.client import Client, ServerError
 
-from .conftest import AUTH, TOKEN, TUTORIAL, LiveServer, Trained, read_events, wait_ready
+from .conftest import AUTH, TOKEN, LiveServer, Trained, read_events, wait_ready
 from servers import stop_process
 
 
@@ -136,7 +136,7 @@ def test_reload_under_load_fails_no_request(live_server: LiveServer, trained: Tr
 # collected here, inside this test, where it is ignored, not in an unrelated test.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_event_endpoint_equals_mlaas_predict(client, live_server: LiveServer, trained: Trained,
-                                             tmp_path: Path):
+                                             tmp_path: Path, hep_tutorial: Path):
     """The event endpoint and batch scoring on the Dask cluster (``mlaas predict``) agree
     to 1e-6 on every event of a real file."""
     import gc
@@ -145,11 +145,11 @@ def test_event_endpoint_equals_mlaas_predict(client, live_server: LiveServer, tr
 
     from mlaas_dask.predict import predict_files
 
-    source = TUTORIAL / "ww.root"
+    source = hep_tutorial / "ww.root"
     result = predict_files(trained.path, [str(source)], tmp_path / "scores", tree="events",
                            cluster=client, progress=False)
     table = pq.read_table(result.parquet).to_pandas().sort_values("entry")
-    events = read_events("ww", trained.spec)
+    events = read_events(source, trained.spec)
     assert len(table) == len(events) == 4580
     with Client(live_server.url) as http:
         served = http.score_events("hep", events)
