@@ -21,16 +21,21 @@ What it does, all on 127.0.0.1:
    concurrency 4; plus, for mlaas only, binary tensors and the event endpoint (raw jagged
    events, FeatureSpec on the server). All servers run at once and the scenarios alternate
    between them, ``--repeats`` times (medians), so background load hits them alike;
-5. prints one JSON line with every figure, the targets and whether they are met.
+5. gRPC (KServe v2 ModelInfer with raw_input_contents, the same serialized request bytes
+   to both servers, sent by a grpc.aio load generator over 8 channels) against mlaas's REST
+   binary tensors and MLServer's gRPC: (a) and (b) as above; JSON tensors with the real NaN
+   padding (``NaN`` literals) against binary tensors; with ``--workers-compare``, the same
+   on ``mlaas serve --workers 2`` against 1;
+6. prints one JSON line with every figure, the targets and whether they are met.
 
-JSON cannot carry NaN, so OIP JSON requests send missing features as 0 (same bytes to both
-servers) and are compared with the ceiling on zeros; binary tensors and events carry the
-real missing values and are compared with the ceiling on NaN.
+The OIP JSON requests shared with MLServer send missing features as 0 (MLServer does not
+read ``NaN``; same bytes to both servers) and are compared with the ceiling on zeros;
+binary tensors, gRPC, ``b_oip_json_nan`` and events carry the real missing values.
 
 Usage::
 
     python benchmarks/bench_serve.py [--duration 6] [--repeats 2] [--skip-mlserver]
-                                     [--out result.json]
+                                     [--workers-compare] [--out result.json]
 """
 
 from __future__ import annotations
@@ -145,6 +150,10 @@ async def _drive(config: dict[str, Any], requests: list[bytes]) -> dict[str, Any
         await loop.create_connection(lambda: _Connection(run), "127.0.0.1", config["port"])
         run.open += 1
     await asyncio.wait_for(run.done.wait(), config["warmup"] + config["duration"] + 60)
+    return _figures(run, config)
+
+
+def _figures(run: _Run, config: dict[str, Any]) -> dict[str, Any]:
     latencies = np.array(run.latencies)
     seconds = config["duration"]
     return {
@@ -157,10 +166,49 @@ async def _drive(config: dict[str, Any], requests: list[bytes]) -> dict[str, Any
     }
 
 
+GRPC_INFER = "/inference.GRPCInferenceService/ModelInfer"
+GRPC_CHANNELS = 8
+
+
+async def _drive_grpc(config: dict[str, Any], requests: list[bytes]) -> dict[str, Any]:
+    """Closed loop of ``concurrency`` ModelInfer calls over a few channels; the requests are
+    sent as serialized bytes and the answers not parsed (the client's cost stays low and the
+    same for every server); a failed call counts as an error."""
+    import grpc
+
+    run = _Run(requests, config["warmup"], config["duration"])
+    options = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_send_message_length", -1),
+               ("grpc.max_receive_message_length", -1)]
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{config['port']}", options=options)
+                for _ in range(min(GRPC_CHANNELS, config["concurrency"]))]
+    calls = [channel.unary_unary(GRPC_INFER) for channel in channels]
+
+    async def caller(index: int) -> None:
+        call = calls[index % len(calls)]
+        while time.perf_counter() < run.stop_at and run.sent < MAX_REQUESTS:
+            request = run.requests[run.sent % len(run.requests)]
+            run.sent += 1
+            started = time.perf_counter()
+            try:
+                await call(request, timeout=60)
+                status = 200
+            except grpc.aio.AioRpcError:
+                status = 500
+            run.record(started, status)
+
+    await asyncio.gather(*[caller(i) for i in range(config["concurrency"])])
+    for channel in channels:
+        await channel.close()
+    return _figures(run, config)
+
+
 def loadgen_main(spec_path: str) -> None:
     """Entry of the load-generator process: run one scenario, print its JSON figures."""
     config = json.loads(Path(spec_path).read_text())
     requests = [Path(p).read_bytes() for p in config["files"]]
+    if config.get("protocol") == "grpc":  # grpc.aio runs its own loop integration
+        print(json.dumps(asyncio.run(_drive_grpc(config, requests))))
+        return
     try:
         import uvloop  # type: ignore[import-not-found]
 
@@ -284,10 +332,12 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def start_mlaas(repo: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+def start_mlaas(repo: Path, port: int, log: Path, grpc_port: int,
+                workers: int = 1) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "mlaas_dask", "serve", "--models", str(repo), "--port",
-         str(port), "--log-level", "warning"],
+         str(port), "--grpc-port", str(grpc_port), "--workers", str(workers),
+         "--log-level", "warning"],
         stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=REPO,
     )
 
@@ -310,7 +360,7 @@ def ensure_mlserver() -> Path:
 
 
 def start_mlserver(bundle: Path, root: Path, port: int, workers: int, log: Path,
-                   omp_threads: str | None = None) -> subprocess.Popen[bytes]:
+                   grpc_port: int, omp_threads: str | None = None) -> subprocess.Popen[bytes]:
     exe = ensure_mlserver()
     model_dir = root / "hep"
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -320,7 +370,7 @@ def start_mlserver(bundle: Path, root: Path, port: int, workers: int, log: Path,
         "parameters": {"uri": "./model.ubj", "version": "1"},
     }))
     (root / "settings.json").write_text(json.dumps({
-        "debug": False, "host": "127.0.0.1", "http_port": port, "grpc_port": free_port(),
+        "debug": False, "host": "127.0.0.1", "http_port": port, "grpc_port": grpc_port,
         "metrics_port": free_port(), "parallel_workers": workers,
     }))
     env = dict(os.environ)
@@ -348,6 +398,25 @@ def oip_binary(matrix: np.ndarray) -> tuple[bytes, dict[str, str]]:
     return encode_infer_request(matrix, binary=True)
 
 
+def oip_json_nan(matrix: np.ndarray) -> bytes:
+    """JSON tensors with the real missing values, as NaN literals (what tritonclient and
+    Python's json module send)."""
+    return json.dumps({"inputs": [{
+        "name": "features", "shape": list(matrix.shape), "datatype": "FP32",
+        "data": matrix.astype(np.float64).ravel().tolist(),
+    }]}).encode()
+
+
+def grpc_infer(matrix: np.ndarray) -> bytes:
+    """A serialized ModelInferRequest with the matrix in raw_input_contents."""
+    from tritonclient.grpc import service_pb2 as pb
+
+    request = pb.ModelInferRequest(model_name="hep")
+    request.inputs.add(name="features", datatype="FP32", shape=list(matrix.shape))
+    request.raw_input_contents.append(np.ascontiguousarray(matrix, "<f4").tobytes())
+    return request.SerializeToString()
+
+
 def events_json(events: Any) -> bytes:
     import awkward as ak
     import orjson
@@ -361,12 +430,14 @@ def run_scenario(workdir: Path, name: str, port: int, path: str,
     folder = workdir / name
     folder.mkdir()
     files = []
+    protocol = "grpc" if path == GRPC_INFER else "http"
     for i, (body, headers) in enumerate(bodies):
-        file = folder / f"{i}.http"
-        file.write_bytes(http_request(port, path, body, headers))
+        file = folder / f"{i}.{protocol}"
+        file.write_bytes(body if protocol == "grpc" else http_request(port, path, body,
+                                                                      headers))
         files.append(str(file))
     spec = {"files": files, "port": port, "concurrency": concurrency, "rows": rows,
-            "warmup": args.warmup, "duration": args.duration}
+            "warmup": args.warmup, "duration": args.duration, "protocol": protocol}
     (folder / "spec.json").write_text(json.dumps(spec))
     done = subprocess.run([sys.executable, __file__, "loadgen", str(folder / "spec.json")],
                           capture_output=True, text=True, timeout=args.duration + 120)
@@ -403,6 +474,10 @@ def request_bodies(events: Any, matrix: np.ndarray, big_rows: int) -> dict[str, 
         "a_oip_json": [(oip_json(matrix[i:i + 1]), JSON_HEADERS) for i in range(256)],
         "b_oip_json": [(oip_json(big), JSON_HEADERS) for big in bigs],
         "b_oip_binary": [oip_binary(big) for big in bigs],
+        "b_oip_json_nan": [(oip_json_nan(big), JSON_HEADERS) for big in bigs],
+        "a_oip_binary": [oip_binary(matrix[i:i + 1]) for i in range(256)],
+        "a_grpc": [(grpc_infer(matrix[i:i + 1]), {}) for i in range(256)],
+        "b_grpc": [(grpc_infer(big), {}) for big in bigs],
         "a_events": [(events_json(events[i:i + 1]), JSON_HEADERS) for i in range(256)],
         "b_events": [(events_json(events[k * 100:k * 100 + big_rows]), JSON_HEADERS)
                      for k in range(4)],
@@ -410,28 +485,37 @@ def request_bodies(events: Any, matrix: np.ndarray, big_rows: int) -> dict[str, 
 
 
 #: scenario -> (path, rows per request or None for --big-rows, concurrency or None for
-#: --big-concurrency, served by MLServer too)
+#: --big-concurrency, served by MLServer too); GRPC_INFER: to the server's gRPC port
 SCENARIOS = {
     "a_oip_json": ("/v2/models/hep/infer", 1, 64, True),
     "b_oip_json": ("/v2/models/hep/infer", None, None, True),
     "b_oip_binary": ("/v2/models/hep/infer", None, None, False),
+    "b_oip_json_nan": ("/v2/models/hep/infer", None, None, False),
+    "a_oip_binary": ("/v2/models/hep/infer", 1, 64, False),
+    "a_grpc": (GRPC_INFER, 1, 64, True),
+    "b_grpc": (GRPC_INFER, None, None, True),
     "a_events": ("/v2/models/hep/events", 1, 64, False),
     "b_events": ("/v2/models/hep/events", None, None, False),
 }
+#: the scenarios run on mlaas --workers 2 too (--workers-compare)
+WORKER_SCENARIOS = ("a_oip_binary", "b_oip_binary", "a_grpc", "b_grpc")
 
 
 def run_all(servers: dict[str, int], bodies: dict[str, list[Body]], args: argparse.Namespace,
-            workdir: Path) -> dict[str, dict[str, Any]]:
+            workdir: Path, grpc_ports: dict[str, int]) -> dict[str, dict[str, Any]]:
     """Every scenario on every server, servers interleaved, ``--repeats`` times; the
     median of each figure over the repeats."""
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {tag: {} for tag in servers}
     for repeat in range(args.repeats):
         for scenario, (path, rows, concurrency, shared) in SCENARIOS.items():
             for tag, port in servers.items():
-                if tag != "mlaas" and not shared:
+                if tag == "mlaas_workers2" and scenario not in WORKER_SCENARIOS:
                     continue
+                if not tag.startswith("mlaas") and not shared:
+                    continue
+                target = grpc_ports[tag] if path == GRPC_INFER else port
                 figures = run_scenario(
-                    workdir, f"{tag}-{scenario}-{repeat}", port, path, bodies[scenario],
+                    workdir, f"{tag}-{scenario}-{repeat}", target, path, bodies[scenario],
                     rows or args.big_rows, concurrency or args.big_concurrency, args)
                 runs[tag].setdefault(scenario, []).append(figures)
     return {tag: {scenario: _median(figures) for scenario, figures in by_scenario.items()}
@@ -464,6 +548,7 @@ def summarise(result: dict[str, Any]) -> None:
         "b_target_met": min(binary, json_b) >= 0.5,
         "a_vs_tfaas_rps": "400-480 on 16-24 cores (published)",
     }
+    targets.update(grpc_targets(result))
     baselines = {k: v for k, v in result.items() if k.startswith("mlserver")}
     if baselines:
         name, base = max(baselines.items(), key=lambda kv: kv[1]["a_oip_json"]["rps"])
@@ -478,28 +563,71 @@ def summarise(result: dict[str, Any]) -> None:
     result["targets"] = targets
 
 
+def grpc_targets(result: dict[str, Any]) -> dict[str, Any]:
+    """gRPC against REST binary and MLServer's gRPC, JSON with NaN against binary, and
+    --workers 2 against 1: ratios of figures measured in this run."""
+    mlaas = result["mlaas"]
+    out: dict[str, Any] = {
+        "a_grpc_vs_rest_binary_rps": round(mlaas["a_grpc"]["rps"]
+                                           / mlaas["a_oip_binary"]["rps"], 3),
+        "b_grpc_vs_rest_binary_rows": round(mlaas["b_grpc"]["rows_per_s"]
+                                            / mlaas["b_oip_binary"]["rows_per_s"], 3),
+        "b_json_nan_vs_binary_rows": round(mlaas["b_oip_json_nan"]["rows_per_s"]
+                                           / mlaas["b_oip_binary"]["rows_per_s"], 3),
+    }
+    out["grpc_vs_rest_target_met"] = min(out["a_grpc_vs_rest_binary_rps"],
+                                         out["b_grpc_vs_rest_binary_rows"]) >= 1
+    out["json_nan_target_met"] = out["b_json_nan_vs_binary_rows"] >= 0.5
+    baselines = {k: v for k, v in result.items() if k.startswith("mlserver")}
+    if baselines:
+        name, base = max(baselines.items(), key=lambda kv: kv[1]["a_grpc"]["rps"])
+        out["mlserver_grpc_baseline"] = name
+        for scenario in ("a_grpc", "b_grpc"):
+            out[f"{scenario}_rps_vs_mlserver"] = round(
+                mlaas[scenario]["rps"] / base[scenario]["rps"], 3)
+            out[f"{scenario}_p99_vs_mlserver"] = round(
+                mlaas[scenario]["p99_ms"] / base[scenario]["p99_ms"], 3)
+        out["grpc_vs_mlserver_target_met"] = all(
+            out[f"{s}_rps_vs_mlserver"] >= 2 and out[f"{s}_p99_vs_mlserver"] < 1
+            for s in ("a_grpc", "b_grpc"))
+    if "mlaas_workers2" in result:
+        two = result["mlaas_workers2"]
+        for scenario in WORKER_SCENARIOS:
+            out[f"workers2_vs_1_{scenario}_rps"] = round(
+                two[scenario]["rps"] / mlaas[scenario]["rps"], 3)
+    return out
+
+
 def start_servers(repo: Path, bundle: Path, matrix: np.ndarray, args: argparse.Namespace,
                   workdir: Path, processes: list[subprocess.Popen[bytes]],
-                  result: dict[str, Any]) -> dict[str, int]:
-    """Start mlaas and every MLServer configuration; returns tag -> port."""
+                  result: dict[str, Any]) -> tuple[dict[str, int], dict[str, int]]:
+    """Start mlaas and every MLServer configuration; returns tag -> HTTP port and tag ->
+    gRPC port."""
     servers = {"mlaas": free_port()}
-    processes.append(start_mlaas(repo, servers["mlaas"], workdir / "mlaas.log"))
+    grpc_ports = {"mlaas": free_port()}
+    processes.append(start_mlaas(repo, servers["mlaas"], workdir / "mlaas.log",
+                                 grpc_ports["mlaas"]))
+    if args.workers_compare:
+        tag = "mlaas_workers2"
+        servers[tag], grpc_ports[tag] = free_port(), free_port()
+        processes.append(start_mlaas(repo, servers[tag], workdir / f"{tag}.log",
+                                     grpc_ports[tag], workers=2))
     if not args.skip_mlserver:
         for item in args.mlserver_configs.split(","):
             workers_text, _, omp = item.partition(":")
             omp_threads = None if omp in ("", "default") else omp
             tag = f"mlserver_pw{workers_text}_omp{omp or 'default'}"
-            servers[tag] = free_port()
+            servers[tag], grpc_ports[tag] = free_port(), free_port()
             processes.append(start_mlserver(bundle, workdir / tag, servers[tag],
                                             int(workers_text), workdir / f"{tag}.log",
-                                            omp_threads))
+                                            grpc_ports[tag], omp_threads))
     for process, port in zip(processes, servers.values(), strict=True):
         wait_ready(port, process)
     for tag, port in servers.items():
         if tag != "mlaas":  # the same model must give the same scores
             result.setdefault("max_abs_score_diff_vs_mlaas", {})[tag] = check_same_scores(
                 servers["mlaas"], port, matrix[:500])
-    return servers
+    return servers, grpc_ports
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -517,8 +645,14 @@ def main(argv: list[str] | None = None) -> int:
                              "parallel_workers:OMP_NUM_THREADS ('default': unset); the best "
                              "one is the baseline")
     parser.add_argument("--skip-mlserver", action="store_true")
+    parser.add_argument("--workers-compare", action="store_true",
+                        help="also run mlaas serve --workers 2 (binary REST and gRPC)")
+    parser.add_argument("--scenarios", help="comma-separated subset of the scenarios")
     parser.add_argument("--out", type=Path, help="also write the JSON line here")
     args = parser.parse_args(argv)
+    if args.scenarios:
+        for name in set(SCENARIOS) - set(args.scenarios.split(",")):
+            del SCENARIOS[name]
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     processes: list[subprocess.Popen[bytes]] = []
@@ -535,9 +669,10 @@ def main(argv: list[str] | None = None) -> int:
                       "missing_fraction": round(float(np.isnan(matrix).mean()), 3)},
             "ceiling": ceiling(bundle, matrix),
         }
-        servers = start_servers(repo, bundle, matrix, args, workdir, processes, result)
+        servers, grpc_ports = start_servers(repo, bundle, matrix, args, workdir, processes,
+                                            result)
         bodies = request_bodies(events, matrix, args.big_rows)
-        result.update(run_all(servers, bodies, args, workdir))
+        result.update(run_all(servers, bodies, args, workdir, grpc_ports))
         summarise(result)
         result["load_average_at_end"] = os.getloadavg()[0]
         result["seconds"] = round(time.perf_counter() - started, 1)

@@ -1,9 +1,9 @@
 """Serving: trained bundles over HTTP.
 
 The server speaks the Open Inference Protocol (KServe v2) REST API, with the binary tensor
-data extension and the model repository extension, and adds an event-level endpoint that
-takes raw events (flat values and jagged lists) and applies the bundle's FeatureSpec: the
-same code as at training time.
+data extension and the model repository extension (and its gRPC API with ``--grpc-port``),
+and adds an event-level endpoint that takes raw events (flat values and jagged lists) and
+applies the bundle's FeatureSpec: the same code as at training time.
 
 Modules, one concept each:
 
@@ -17,6 +17,9 @@ Modules, one concept each:
 - :mod:`~mlaas_dask.serve.config` -- the server settings,
 - :mod:`~mlaas_dask.serve.connections` -- head timeout, head size and connection limits
   (a uvicorn protocol),
+- :mod:`~mlaas_dask.serve.modelconfig` -- Triton's model configuration of a served model,
+- :mod:`~mlaas_dask.serve.grpc_service` -- the KServe v2 / Triton gRPC service (grpc.aio,
+  ``--grpc-port``), beside the HTTP server on the same state,
 - :mod:`~mlaas_dask.serve.app` -- the Starlette application.
 
 Importing this package is light; :func:`create_app` imports Starlette when called.
