@@ -421,3 +421,36 @@ def test_bad_onnx_models_are_refused(torch_bundle: Path, tmp_path: Path, case: s
         ModelBundle.load(bundle)
     assert expected.format(n=n) in str(err.value), str(err.value)
     assert err.value.file == "model.onnx"
+
+
+FACTORIES = '''\
+import torch
+
+
+class Seven(torch.nn.Module):
+    """A loss of exactly 7 per batch (no per-event values: used unweighted)."""
+
+    def forward(self, outputs, target):
+        return (outputs * 0).sum() + 7.0
+
+
+def model(n_features):
+    return torch.nn.Linear(n_features, 1)
+
+
+def loss():
+    return Seven()
+
+
+def optimizer(params):
+    return torch.optim.SGD(params, lr=0.0)
+'''
+
+
+def test_loss_and_optimizer_factories_replace_the_defaults(client, tmp_path: Path) -> None:
+    torch_job(tmp_path, FACTORIES, "epochs: 2, batch_size: 128, learning_rate: 0.1")
+    job = job_from_text((tmp_path / "job.yaml").read_text(), base=tmp_path)
+    result = train(job, cluster=client, out=tmp_path / "b", progress=False)
+    history = result.metrics["history"]
+    assert history["train_loss"] == [7.0, 7.0]  # the file's loss, not cross-entropy
+    assert history["learning_rate"] == [0.0, 0.0]  # the file's optimizer, not adam at 0.1
