@@ -121,6 +121,33 @@ def test_a_failing_rank_fails_the_job_naming_its_worker_and_cause(cluster: Any) 
     assert {r["sum"] for r in run_ranks(cluster, workers, sum_of_ranks, 0, timeout=60)} == {1.0}
 
 
+def loop_until_stopped(context: RankContext, marker: str) -> None:
+    """Rank 1 fails at once; rank 0 trains on without a collective (so no peer error can
+    reach it) until the client's stop request arrives."""
+    import time
+
+    if context.rank == 1:
+        raise ValueError("rank 1 gives up")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if context.stop_requested():
+            Path(marker).write_text("stopped")
+            return
+        time.sleep(0.05)
+
+
+def test_ranks_stop_when_the_client_gives_up(cluster: Any, tmp_path: Path) -> None:
+    import time
+
+    marker = tmp_path / "rank0"
+    with pytest.raises(RankFailed, match="rank 1 gives up"):
+        run_ranks(cluster, workers_of(cluster), loop_until_stopped, str(marker), timeout=60)
+    deadline = time.monotonic() + 60  # a bound for the wait, not a timing assertion
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert marker.read_text() == "stopped"
+
+
 def die_on_rank_one(context: RankContext) -> None:
     import torch.distributed as dist
 

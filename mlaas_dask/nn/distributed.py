@@ -23,10 +23,11 @@ import hashlib
 import logging
 import math
 import socket
+import time
 import traceback
 import uuid
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 from mlaas_dask.errors import ConfigError, MlaasError
@@ -42,6 +43,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = 300.0
 #: seconds between two looks at the ranks and the scheduler's worker list
 POLL_SECONDS = 0.5
+#: how often a rank asks whether the client gave up on the job
+STOP_POLL_SECONDS = 2.0
 #: after a rank fails, how long to wait for the others to report theirs (the first error
 #: seen may be a peer's "connection closed", not the cause)
 SETTLE_SECONDS = 3.0
@@ -98,6 +101,8 @@ class RankContext:
         ``"gloo"`` or ``"nccl"``.
     worker
         The address of the Dask worker this rank runs on.
+    stop_event
+        The name of the Dask ``Event`` the client sets when it gives up on the job.
     """
 
     rank: int
@@ -105,14 +110,24 @@ class RankContext:
     group: Any
     backend: str
     worker: str
+    stop_event: str = ""
+    _looked: float = field(default=0.0, repr=False)
 
-    def allreduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
-        """``tensor`` averaged over the ranks, in place (e.g. a validation loss)."""
-        import torch.distributed as dist
+    def stop_requested(self) -> bool:
+        """Whether the client has given up on the job (interrupted, or another rank
+        failed): a long training loop asks between steps and stops. Looks at most every
+        :data:`STOP_POLL_SECONDS` (one scheduler round trip)."""
+        now = time.monotonic()
+        if not self.stop_event or now - self._looked < STOP_POLL_SECONDS:
+            return False
+        self._looked = now
+        from distributed import Event
 
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self.group)
-        tensor /= self.world
-        return tensor
+        return bool(Event(self.stop_event).is_set())
+
+
+class RankStopped(RuntimeError):
+    """Raised in a rank whose client gave up on the job."""
 
 
 def choose_backend(device: str) -> str:
@@ -160,7 +175,8 @@ def run_ranks(client: Client, workers: Sequence[str], fn: Callable[..., Any], *a
                 backend, rendezvous.init_method)
     watch = WorkerWatch(client, workers)
     token = uuid.uuid4().hex[:8]
-    futures = [client.submit(_rank_main, fn, rank, address, rendezvous, args,
+    stop = f"nn-ranks-stop-{token}"
+    futures = [client.submit(_rank_main, fn, rank, address, rendezvous, stop, args,
                              workers=[address], allow_other_workers=False, pure=False,
                              key=f"nn-rank-{rank}-{token}")
                for rank, address in enumerate(workers)]
@@ -177,6 +193,10 @@ def run_ranks(client: Client, workers: Sequence[str], fn: Callable[..., Any], *a
             if all(f.status == "finished" for f in futures):
                 return [f.result() for f in futures]
     finally:
+        if not all(f.status == "finished" for f in futures):
+            from distributed import Event
+
+            Event(stop, client=client).set()  # the ranks still training stop themselves
         client.cancel([f for f in futures if f.status == "pending"])
 
 
@@ -218,7 +238,7 @@ def _free_port(host: str) -> int:
 
 
 def _rank_main(fn: Callable[..., Any], rank: int, worker: str, rendezvous: Rendezvous,
-               args: tuple[Any, ...]) -> Any:
+               stop: str, args: tuple[Any, ...]) -> Any:
     """One rank, on its worker: join the group, run ``fn``, always leave the group."""
     import torch.distributed as dist
 
@@ -231,8 +251,8 @@ def _rank_main(fn: Callable[..., Any], rank: int, worker: str, rendezvous: Rende
     group = dist.group.WORLD
     assert group is not None  # init_process_group made it
     try:
-        return fn(RankContext(rank, rendezvous.world, group, rendezvous.backend, worker),
-                  *args)
+        return fn(RankContext(rank, rendezvous.world, group, rendezvous.backend, worker,
+                              stop), *args)
     except BaseException as err:
         # the peers waiting in a collective for this rank fail at once, instead of
         # after the timeout: abort closes this rank's connections to them
@@ -484,7 +504,7 @@ def _train_rank_task(context: RankContext, config: Any, data: Any,
     config = dataclasses.replace(config, threads=get_worker().state.nthreads)
     client = get_client()  # in the task's thread; its loader submits the cut tasks
     loader = StepLoader(mine, config.batch_size, config.seed, context.rank, steps,
-                        client=client)
+                        client=client, stop=context.stop_requested)
     digests: list[str] = []
 
     def epoch_done(epoch: int, network: Any) -> None:
@@ -517,11 +537,12 @@ class StepLoader(Loader):
     Its batch order is seeded by the rank (each rank its own shuffle)."""
 
     def __init__(self, data: Any, batch_size: int, seed: int, rank: int, steps: int,
-                 client: Any = None) -> None:
+                 client: Any = None, stop: Callable[[], bool] | None = None) -> None:
         import numpy as np
 
         super().__init__(data, batch_size, seed, 0, 1, client=client)
         self.rng = np.random.default_rng([seed, rank])
+        self.stop = stop or (lambda: False)
         self.steps = steps
         self.steps_taken = 0
         if steps and not data.total("train"):
@@ -533,6 +554,8 @@ class StepLoader(Loader):
             one_pass = cast("Generator[Any, None, None]", super().epoch(epoch))
             with contextlib.closing(one_pass):
                 for batch in one_pass:
+                    if self.stop():
+                        raise RankStopped("the client stopped the job")
                     yield batch
                     taken += 1
                     self.steps_taken += 1
