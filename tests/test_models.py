@@ -141,12 +141,17 @@ def test_user_model_file_and_safe_loading(client, tmp_path: Path) -> None:
 ])
 def test_model_file_errors_show_the_users_lines(client, tmp_path: Path, source: str,
                                                 expected: list[str]) -> None:
-    """The model file is read when the job is (its model kind is detected from it), so a
-    broken one fails before any cluster starts, naming the job's line and the file."""
+    """A file that does not import fails when the job is read (the model kind is detected
+    from it), naming the job's line; one whose model() fails, when training builds the
+    model. Either way the message names the file and shows the user's lines."""
     (tmp_path / "bad.py").write_text(source)
-    with pytest.raises(ConfigError) as err:
+
+    def load_and_train() -> None:
         job = job_from_text(sample_job(tmp_path, "{file: bad.py}"), base=tmp_path)
         train(job, cluster=client, out=tmp_path / "b", **quiet)
+
+    with pytest.raises(ConfigError) as err:
+        load_and_train()
     message = str(err.value)
     assert f"Model file {tmp_path / 'bad.py'}" in message
     for part in expected:
