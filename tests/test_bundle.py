@@ -79,7 +79,7 @@ def test_incomplete_and_inconsistent_bundles_are_refused(tmp_path: Path) -> None
     bundle = make_bundle(tmp_path / "b")
     (bundle / "model.ubj").rename(tmp_path / "model.ubj")
     with pytest.raises(BundleError, match=r"not a complete model bundle: model.ubj or "
-                                          r"model.skops or model.pkl missing"):
+                                          r"model.skops or model.onnx or model.pkl missing"):
         ModelBundle.load(bundle)
     (tmp_path / "model.ubj").rename(bundle / "model.ubj")
     spec = FeatureSpec(flat=["a", "b"])
