@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -102,6 +103,27 @@ def loads(body: bytes | memoryview, what: str = "request body") -> Any:
 
 #: the non-standard literals accepted in numbers (Python's json module reads them)
 _CONSTANTS = (b"NaN", b"Infinity", b"-Infinity")
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+
+
+def loads_tensors(body: bytes | memoryview, what: str) -> Any:
+    """:func:`loads` for inference requests, fast with NaN padding.
+
+    Padded events make JSON tensors full of ``NaN``, which the standard library reads 8x
+    slower than orjson: when no string holds "NaN" and no ``Infinity`` is present, the
+    literals are replaced by ``null`` (NaN in a float tensor too) and orjson parses the body.
+    """
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raw = bytes(body)
+        if (b"NaN" in raw and b"Infinity" not in raw
+                and not any(b"NaN" in m.group() for m in _JSON_STRING.finditer(raw))):
+            try:
+                return orjson.loads(raw.replace(b"NaN", b"null"))
+            except orjson.JSONDecodeError:
+                pass  # another mistake: the standard path says which
+        return loads(raw, what)
 
 
 def _loads_constants(body: bytes | memoryview, what: str) -> Any:
@@ -178,6 +200,10 @@ def split_binary(body: bytes, header_length: str | None) -> tuple[Any, memoryvie
     """The JSON header and the binary part of a body (``None`` when there is none)."""
     if header_length is None:
         return loads(body), None
+    return _split(body, header_length)
+
+
+def _split(body: bytes, header_length: str) -> tuple[Any, memoryview]:
     try:
         size = int(header_length)
     except ValueError:
@@ -209,7 +235,10 @@ def parse_infer_request(
     PayloadTooLarge
         When the request holds more than ``max_rows`` rows.
     """
-    header, binary = split_binary(body, header_length)
+    if header_length is None:
+        header, binary = loads_tensors(body, "request body"), None
+    else:
+        header, binary = _split(body, header_length)
     header = _expect_object(header, "The inference request")
     inputs = header.get("inputs")
     n_features = len(feature_names)
@@ -368,9 +397,10 @@ def _json_data(
             "length (row-major)."
         ) from None
     numbers = array.dtype.kind in "iuf" or (
-        array.dtype.kind == "O" and _first_bad(data, datatype) is None)
+        array.dtype.kind == "O" and _only_numbers(array, datatype))
     if array.size and not (array.dtype.kind == "b" if datatype == "BOOL" else numbers):
         bad = _first_bad(data, datatype) or "values of mixed kinds"
+        bad = "null or NaN" if bad == "null" else bad  # NaN may have been read as null
         missing = (" (null, NaN, Infinity and -Infinity are read as floats)"
                    if datatype in FLOAT_TYPES else "; missing values need a float datatype")
         raise BadRequest(
@@ -427,6 +457,15 @@ def _out_of_range(name: Any, value: Any, dtype: np.dtype[Any], datatype: str) ->
 
 def _python(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
+
+
+def _only_numbers(array: np.ndarray, datatype: str) -> bool:
+    """Whether an object array holds only numbers (and null in a float tensor)."""
+    allowed = _NUMBER_TYPES | ({type(None)} if datatype in FLOAT_TYPES else set())
+    return set(map(type, array.reshape(-1))) <= allowed
+
+
+_NUMBER_TYPES = {int, float}
 
 
 def _first_bad(data: Any, datatype: str) -> str | None:

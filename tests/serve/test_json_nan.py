@@ -5,6 +5,7 @@ against a real uvicorn on 127.0.0.1."""
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import awkward as ak
@@ -88,9 +89,10 @@ def test_events_with_nan_literals_and_null(live_server: LiveServer, trained: Tra
         (infer_body("[" + ", ".join(["nan"] * 19) + "]"), "Write missing values as NaN or null"),
         (infer_body("[" + ", ".join(["-inf"] * 19) + "]"), "infinite ones as Infinity"),
         (infer_body("[" + ", ".join(["null"] * 19) + "]", "INT32"),
-         "holds null but the datatype is INT32.*missing values need a float datatype"),
+         "holds null or NaN but the datatype is INT32.*missing values need a float "
+         "datatype"),
         (infer_body("[" + ", ".join(["NaN"] * 19) + "]", "INT64"),
-         "numbers with a fraction but the datatype is INT64"),
+         "holds null or NaN but the datatype is INT64.*missing values need a float"),
         (infer_body("[NaN, " + ", ".join(['"x"'] * 18) + "]"),
          "holds a string but the datatype is FP32"),
         (infer_body("[NaN, " + "[" * 100_000 + "]" * 100_000 + "]"), "nests lists or objects"),
@@ -149,3 +151,19 @@ def test_dumps_leaves_strings_alone():
     text = protocol.dumps(data)
     assert orjson.loads(text.replace(b"NaN]", b"null]").replace(b"-Infinity", b"null")) == {
         "id": "NaN", "name": "mlaas-non-finite-0", "v": [None], "w": None, "ok": [1.0, 2.0]}
+
+
+def test_the_fast_nan_path_keeps_strings():
+    """NaN literals are read as null for speed, never inside strings: a request id holding
+    "NaN" is kept as sent."""
+    names = [f"f{i}" for i in range(19)]
+    for spacing in ("", " "):
+        body = infer_body("[" + f",{spacing}".join(["NaN"] * 18 + ["2.5"]) + "]").replace(
+            b'{"inputs"', b'{"id": "NaN, \\"NaN]", "inputs"')
+        parsed = protocol.parse_infer_request(body, None, names, 10)
+        assert parsed.request_id == 'NaN, "NaN]'
+        assert np.isnan(parsed.matrix[0, :18]).all() and parsed.matrix[0, 18] == 2.5
+    fast = protocol.loads_tensors(b'{"a": [NaN, 1], "b": "x"}', "body")
+    assert fast == {"a": [None, 1], "b": "x"}
+    slow = protocol.loads_tensors(b'{"a": [NaN, 1], "b": "NaN"}', "body")
+    assert math.isnan(slow["a"][0]) and slow["b"] == "NaN"

@@ -101,7 +101,8 @@ def test_multiclass_scores_become_one_output_per_class():
         (tensor(data=[1, 2, "x", 4, 5, 6]), None, "'data' holds a string but the datatype is "
                                                   "FP32"),
         (tensor(data=[1, 2, None, 4, 5, 6], datatype="INT32"), None,
-         "'data' holds null but the datatype is INT32; send numbers only; missing values"),
+         "'data' holds null or NaN but the datatype is INT32; send numbers only; "
+         "missing values"),
         (tensor(data=[[1, 2, 3], [4, 5]]), None, "nested lists of equal length"),
         (tensor(data="123456"), None, "'data' must be a list of numbers, got a string"),
         (tensor(datatype="INT32", data=[0.5] * 6), None, "numbers with a fraction but the "
