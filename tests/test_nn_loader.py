@@ -142,3 +142,43 @@ def test_stream_true_trains_end_to_end(client, tmp_path: Path) -> None:
 
 def test_pieces_are_rows_of_one_partition() -> None:
     assert Piece(3, 10, 25).rows == 15
+
+
+def _faults_per_batch(use_allocator: bool) -> float:
+    """Minor page faults per batch of a 3 x 128 MLP trained in this (worker) process."""
+    import contextlib
+    import resource
+
+    import torch
+
+    from mlaas_dask.nn.trainer import training_allocator
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(48, 128), torch.nn.ReLU(), torch.nn.Linear(128, 128),
+              torch.nn.ReLU(), torch.nn.Linear(128, 1)]
+    network = torch.nn.Sequential(*layers)
+    optimizer = torch.optim.Adam(network.parameters())
+    x = torch.randn(512, 48)
+
+    def step() -> None:
+        optimizer.zero_grad()
+        network(x.clone()).sum().backward()
+        optimizer.step()
+
+    with training_allocator() if use_allocator else contextlib.nullcontext():
+        step()
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(50):
+            step()
+        return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 50
+
+
+@pytest.mark.slow
+def test_training_allocator_stops_page_faults_in_dask_workers(client) -> None:
+    """Dask workers run with MALLOC_TRIM_THRESHOLD_ set, which makes glibc mmap every
+    batch's activations afresh; the trainer's allocator settings keep them on the heap."""
+    assert client.run(lambda: __import__("os").environ.get("MALLOC_TRIM_THRESHOLD_"))
+    plain = client.submit(_faults_per_batch, False, pure=False).result()
+    tuned = client.submit(_faults_per_batch, True, pure=False).result()
+    assert plain > 100 and tuned < plain / 10, (plain, tuned)  # measured: 414 and 11

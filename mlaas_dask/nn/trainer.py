@@ -17,9 +17,11 @@ as the checkpoint the client keeps next to the bundle. Early stopping (patience
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,11 +95,49 @@ def train_task(config: TrainConfig, data: TrainingData) -> dict[str, Any]:
     address = get_worker().address
     secede()
     try:
-        result = train_rank(config, data)
+        with training_allocator():
+            result = train_rank(config, data)
     finally:
         rejoin()
     result["worker"] = address
     return result
+
+
+#: glibc mallopt parameters
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+@contextlib.contextmanager
+def training_allocator() -> Iterator[None]:
+    """glibc's allocator set for training while the block runs, in a Dask worker.
+
+    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``; setting it pins
+    glibc's mmap threshold at 128 kB, so every batch's activations and gradients (a
+    512 x 128 float32 tensor is 256 kB) are mmapped and page-faulted afresh: measured
+    here, 627 page faults per batch of a 3 x 128 MLP and twice the CPU time. While
+    training, allocations up to 64 MB come from the heap and are reused; afterwards the
+    worker's settings are restored and the freed memory handed back (``malloc_trim``).
+    Elsewhere (no such setting, or no glibc) nothing is changed.
+    """
+    import ctypes
+    import os
+
+    trim = os.environ.get("MALLOC_TRIM_THRESHOLD_")
+    try:
+        libc = ctypes.CDLL("libc.so.6") if trim and trim.isdigit() else None
+    except OSError:
+        libc = None
+    if libc is None:
+        yield
+        return
+    libc.mallopt(_M_MMAP_THRESHOLD, 64 << 20)
+    libc.mallopt(_M_TRIM_THRESHOLD, 256 << 20)
+    try:
+        yield
+    finally:
+        libc.mallopt(_M_TRIM_THRESHOLD, int(trim or 0))
+        libc.mallopt(_M_MMAP_THRESHOLD, 128 << 10)
+        libc.malloc_trim(0)
 
 
 def wrap_model(network: Any, rank: int, world: int, process_group: Any, device: Any) -> Any:
