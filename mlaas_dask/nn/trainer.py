@@ -171,15 +171,17 @@ def train_rank(config: TrainConfig, data: TrainingData, rank: int = 0, world: in
     loader = loader or Loader(data, config.batch_size, config.seed, rank, world, client=client)
     history: dict[str, list[float | None]] = {"train_loss": [], "validation_loss": [],
                                               "validation_auc": [], "learning_rate": [],
-                                              "events_per_second": []}
+                                              "events_per_second": [],
+                                              "train_cpu_seconds": []}
     best: tuple[float, int, dict[str, Any]] | None = None
     waited = 0
     for epoch in range(1, config.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         train_loss, events = _train_epoch(model, loader, epoch, loss_fn, weighted,
                                           optimizer, config, device)
         seconds = time.perf_counter() - start
+        history["train_cpu_seconds"].append(time.thread_time() - cpu)  # this thread's
         validation_loss, auc = evaluate(network, loader, loss_fn, weighted, config, device)
         for key, value in (("train_loss", train_loss), ("validation_loss", validation_loss),
                            ("validation_auc", auc), ("learning_rate", lr),
