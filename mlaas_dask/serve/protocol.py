@@ -19,6 +19,7 @@ import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -389,6 +390,12 @@ def _json_data(
 ) -> np.ndarray:
     if not isinstance(data, list):
         raise BadRequest(f"Input {name!r}: 'data' must be a list of numbers, got {kind_of(data)}.")
+    fast = _float_data(data, count) if datatype in FLOAT_TYPES else None
+    if fast is not None:
+        with np.errstate(over="ignore", invalid="ignore"):
+            converted = fast.astype(dtype, copy=False)
+        _check_fits(name, fast, converted, datatype)
+        return converted
     try:
         array = np.array(data)
     except (ValueError, TypeError):
@@ -457,6 +464,18 @@ def _out_of_range(name: Any, value: Any, dtype: np.dtype[Any], datatype: str) ->
 
 def _python(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
+
+
+def _float_data(data: list[Any], count: int) -> np.ndarray | None:
+    """Float data, flat or one level nested, of numbers and nulls (NaN) only, as float64;
+    ``None`` for anything else (the general path then names the problem)."""
+    flat = list(chain.from_iterable(data)) if data and type(data[0]) is list else data
+    if len(flat) != count or not set(map(type, flat)) <= _FLOAT_DATA_TYPES:
+        return None
+    return np.array(flat, dtype=np.float64)
+
+
+_FLOAT_DATA_TYPES = {int, float, type(None)}
 
 
 def _only_numbers(array: np.ndarray, datatype: str) -> bool:
