@@ -36,7 +36,14 @@ def detect_kind(path: str | Path) -> str:
     from mlaas_dask.train.usermodel import load_model_file
 
     prefer_torch()  # a Keras file imported now must get Keras' torch backend
-    module = load_model_file(Path(path))
+    try:
+        module = load_model_file(Path(path))
+    except ConfigError as err:
+        if "No module named 'torch'" in str(err):
+            from mlaas_dask.extras import require
+
+            require("torch", f"the network of {path}")  # names the extra to install
+        raise
     used = {_root_package(value) for value in vars(module).values()}
     if "keras" in used or ("tensorflow" in used and "torch" not in used):
         return "keras"
