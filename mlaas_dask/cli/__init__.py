@@ -23,6 +23,7 @@ COMMANDS = {
     "train": "train",
     "tune": "tune",
     "predict": "predict",
+    "export": "export",
     "serve": "serve",
     "bench": "bench",
     "cluster": "cluster",
