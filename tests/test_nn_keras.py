@@ -213,3 +213,20 @@ def test_another_keras_backend_is_refused_with_a_message(tmp_path: Path) -> None
     assert "KERAS_BACKEND is 'jax'" in done.stderr + done.stdout
     assert "set KERAS_BACKEND=torch" in done.stderr + done.stdout
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_a_keras_model_trains_data_parallel(capsys, client, tmp_path: Path) -> None:
+    """The same data-parallel path as torch networks: the ranks take equal steps and
+    hold the same weights after every epoch (Keras' Dropout seed state included)."""
+    from mlaas_dask.cli import main
+
+    job = keras_job(tmp_path, settings="epochs: 2, batch_size: 128, workers: 2")
+    code = main(["train", str(job), "--cluster", client.scheduler.address, "--out",
+                 str(tmp_path / "bundle"), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((tmp_path / "bundle" / "metrics.json").read_text())
+    ranks = metrics["data_parallel"]["per_rank"]
+    assert len(ranks) == 2 and ranks[0]["steps"] == ranks[1]["steps"] > 0
+    assert ranks[0]["digests"] == ranks[1]["digests"] and len(set(ranks[0]["digests"])) == 2
+    assert metrics["auc"] > 0.75
