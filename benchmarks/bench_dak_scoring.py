@@ -8,11 +8,15 @@ single-threaded worker processes:
   tasks, the scores written as Parquet and friend trees);
 - ``uproot.dask`` over the files (the same partitions: ``step_size`` entries) ->
   ``ModelBundle.predict_dask`` -> ``.compute()`` (the scores gathered to the client, as an
-  analysis filling histograms has them).
+  analysis filling histograms has them);
+- when coffea is installed, coffea's ``ml_tools.xgboost_wrapper`` on the same collection
+  and booster, its ``prepare_awkward`` making the same 38 features with dask-awkward
+  operations (``pad_none``/``fill_none``), as a coffea user writes it.
 
 The two take turns, ``--repeat`` rounds after a warm-up round that is not counted; each
 time is a median. Figures (one JSON line): events/s of each, ``ratio_dak_vs_predict``
-(target >= 0.8), and whether the scores are equal (max absolute difference).
+(target >= 0.8), ``ratio_dak_vs_coffea_xgboost_wrapper`` (target > 1), and the largest
+score differences.
 
 Usage: python benchmarks/bench_dak_scoring.py [--events 2000000] [--repeat 3]
 """
@@ -82,6 +86,43 @@ def by_dak(bundle: Path, files: list[str]) -> tuple[float, np.ndarray]:
     return time.perf_counter() - start, ak.to_numpy(scores)
 
 
+def awkward_features(events: Any) -> Any:
+    """SAMPLE_FEATURES in dask-awkward operations, as a coffea user writes them for
+    ``prepare_awkward`` (sorted by pt, padded and clipped with ``pad_none``, NaN for
+    missing objects): the same 38 columns in the same order as the FeatureSpec."""
+    import dask_awkward as dak
+
+    def column(values: Any) -> Any:
+        return dak.values_astype(values, np.float32)[:, np.newaxis]
+
+    columns = [column(events[b]) for b in ("MET_pt", "MET_phi", "PV_npvs")]
+    for name, fields, n in (("Jet", ("pt", "eta", "phi", "mass", "btagDeepB"), 6),
+                            ("Muon", ("pt", "eta", "charge"), 2),
+                            ("Electron", ("pt", "eta", "charge"), 2)):
+        order = dak.argsort(events[f"{name}_pt"], ascending=False, stable=True)
+        columns.append(column(dak.num(events[f"{name}_pt"], axis=1)))
+        for field in fields:
+            padded = dak.pad_none(events[f"{name}_{field}"][order], n, clip=True)
+            columns.append(dak.values_astype(dak.fill_none(padded, np.nan), np.float32))
+    return dak.concatenate(columns, axis=1)
+
+
+def by_coffea(bundle: Path, files: list[str]) -> tuple[float, np.ndarray]:
+    """coffea's ``xgboost_wrapper`` on the same collection and booster (model.ubj)."""
+    import awkward as ak
+    import uproot
+    from coffea.ml_tools import xgboost_wrapper
+
+    class Wrapper(xgboost_wrapper):  # type: ignore[misc]
+        def prepare_awkward(self, events: Any) -> tuple[list[Any], dict[str, Any]]:
+            return [awkward_features(events)], {}
+
+    start = time.perf_counter()
+    events = uproot.dask(dict.fromkeys(files, "Events"), step_size=STEP)
+    scores = Wrapper(str(bundle / "model.ubj"))(events).compute()
+    return time.perf_counter() - start, ak.to_numpy(scores)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=2_000_000)
@@ -93,27 +134,37 @@ def main() -> None:
 
     bundle = bundle_path()
     files = files_of(args.events)
-    times: dict[str, list[float]] = {"predict": [], "dak": []}
+    try:
+        import coffea.ml_tools  # noqa: F401
+        runners = {"predict": None, "dak": by_dak, "coffea": by_coffea}
+    except ImportError:
+        runners = {"predict": None, "dak": by_dak}
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    scores: dict[str, np.ndarray] = {}
     with quiet(), LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None) as cluster, Client(cluster) as client:
         for round_ in range(args.repeat + 1):
-            seconds_p, predicted = by_predict(client, bundle, files)
-            seconds_d, lazy = by_dak(bundle, files)
-            if round_:  # the first round warms both up
-                times["predict"].append(seconds_p)
-                times["dak"].append(seconds_d)
-    predict_s, dak_s = (statistics.median(times[k]) for k in ("predict", "dak"))
-    emit("dak_scoring", {
-        "events": len(lazy),
-        "workers": 2,
-        "partition_entries": STEP,
-        "predict_events_per_s": round(len(predicted) / predict_s),
-        "dak_events_per_s": round(len(lazy) / dak_s),
-        "ratio_dak_vs_predict": round(predict_s / dak_s, 3),
+            for name, runner in runners.items():
+                seconds, scores[name] = (by_predict(client, bundle, files) if runner is None
+                                         else runner(bundle, files))
+                if round_:  # the first round warms every runner up
+                    times[name].append(seconds)
+    median = {k: statistics.median(v) for k, v in times.items()}
+    events = len(scores["dak"])
+    figures: dict[str, Any] = {
+        "events": events, "workers": 2, "partition_entries": STEP,
+        **{f"{k}_events_per_s": round(events / v) for k, v in median.items()},
+        "ratio_dak_vs_predict": round(median["predict"] / median["dak"], 3),
         "target": ">= 0.8",
-        "max_abs_difference": float(np.max(np.abs(lazy - predicted))),
-        "seconds": {k: [round(t, 2) for t in v] for k, v in times.items()},
-    })
+        "max_abs_difference": float(np.max(np.abs(scores["dak"] - scores["predict"]))),
+    }
+    if "coffea" in median:
+        figures["ratio_dak_vs_coffea_xgboost_wrapper"] = round(
+            median["coffea"] / median["dak"], 3)
+        figures["coffea_max_abs_difference"] = float(
+            np.max(np.abs(scores["coffea"] - scores["dak"])))
+    figures["seconds"] = {k: [round(t, 2) for t in v] for k, v in times.items()}
+    emit("dak_scoring", figures)
 
 
 if __name__ == "__main__":
