@@ -25,7 +25,8 @@ What it does, all on 127.0.0.1:
    to both servers, sent by a grpc.aio load generator over 8 channels) against mlaas's REST
    binary tensors and MLServer's gRPC: (a) and (b) as above; JSON tensors with the real NaN
    padding (``NaN`` literals) against binary tensors; with ``--workers-compare``, the same
-   on ``mlaas serve --workers 2`` against 1;
+   on ``mlaas serve --workers 2`` against 1; and the gRPC load generator against a server
+   that answers fixed bytes without work (``grpc_client_ceiling``: the client's own limit);
 6. prints one JSON line with every figure, the targets and whether they are met.
 
 The OIP JSON requests shared with MLServer send missing features as 0 (MLServer does not
@@ -200,6 +201,68 @@ async def _drive_grpc(config: dict[str, Any], requests: list[bytes]) -> dict[str
     for channel in channels:
         await channel.close()
     return _figures(run, config)
+
+
+def echo_grpc_main(port: int, response_path: str) -> None:
+    """A gRPC server answering every ModelInfer with fixed bytes, doing no work: what the
+    load generator reaches against it is its own ceiling (client and transport)."""
+    import grpc
+
+    response = Path(response_path).read_bytes()
+
+    async def infer(request: bytes, context: Any) -> bytes:
+        return response
+
+    async def serve() -> None:
+        server = grpc.aio.server()
+        handler = grpc.method_handlers_generic_handler(
+            "inference.GRPCInferenceService",
+            {"ModelInfer": grpc.unary_unary_rpc_method_handler(infer)})
+        server.add_generic_rpc_handlers((handler,))
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        await server.wait_for_termination()
+
+    asyncio.run(serve())
+
+
+def start_echo_grpc(port: int, workdir: Path, rows: int) -> subprocess.Popen[bytes]:
+    from tritonclient.grpc import service_pb2 as pb
+
+    response = pb.ModelInferResponse(model_name="hep", model_version="1")
+    response.outputs.add(name="score", datatype="FP32", shape=[rows])
+    response.raw_output_contents.append(b"\0" * 4 * rows)
+    path = workdir / f"echo-{rows}.bin"
+    path.write_bytes(response.SerializeToString())
+    process = subprocess.Popen([sys.executable, __file__, "echo-grpc", str(port), str(path)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return process
+        time.sleep(0.1)
+    raise RuntimeError("the gRPC echo server did not start")
+
+
+def client_ceiling(bodies: dict[str, list[Body]], args: argparse.Namespace,
+                   workdir: Path) -> dict[str, Any]:
+    """The gRPC load generator against the echo server: (a) and (b) request shapes."""
+    result = {}
+    for scenario in ("a_grpc", "b_grpc"):
+        if scenario not in SCENARIOS:
+            continue
+        _, rows, concurrency, _ = SCENARIOS[scenario]
+        rows = rows or args.big_rows
+        port = free_port()
+        process = start_echo_grpc(port, workdir, rows)
+        try:
+            result[scenario] = run_scenario(
+                workdir, f"echo-{scenario}", port, GRPC_INFER, bodies[scenario], rows,
+                concurrency or args.big_concurrency, args)
+        finally:
+            stop(process)
+    return result
 
 
 def loadgen_main(spec_path: str) -> None:
@@ -580,9 +643,9 @@ def grpc_targets(result: dict[str, Any]) -> dict[str, Any]:
     out["json_nan_target_met"] = out["b_json_nan_vs_binary_rows"] >= 0.5
     baselines = {k: v for k, v in result.items() if k.startswith("mlserver")}
     if baselines:
-        name, base = max(baselines.items(), key=lambda kv: kv[1]["a_grpc"]["rps"])
-        out["mlserver_grpc_baseline"] = name
-        for scenario in ("a_grpc", "b_grpc"):
+        for scenario in ("a_grpc", "b_grpc"):  # MLServer's best configuration for each
+            name, base = max(baselines.items(), key=lambda kv: kv[1][scenario]["rps"])
+            out[f"{scenario}_mlserver_baseline"] = name
             out[f"{scenario}_rps_vs_mlserver"] = round(
                 mlaas[scenario]["rps"] / base[scenario]["rps"], 3)
             out[f"{scenario}_p99_vs_mlserver"] = round(
@@ -590,6 +653,11 @@ def grpc_targets(result: dict[str, Any]) -> dict[str, Any]:
         out["grpc_vs_mlserver_target_met"] = all(
             out[f"{s}_rps_vs_mlserver"] >= 2 and out[f"{s}_p99_vs_mlserver"] < 1
             for s in ("a_grpc", "b_grpc"))
+    ceiling = result.get("grpc_client_ceiling", {})
+    for scenario in ("a_grpc", "b_grpc"):
+        if scenario in ceiling:
+            out[f"{scenario}_fraction_of_client_ceiling"] = round(
+                mlaas[scenario]["rps"] / ceiling[scenario]["rps"], 3)
     if "mlaas_workers2" in result:
         two = result["mlaas_workers2"]
         for scenario in WORKER_SCENARIOS:
@@ -673,6 +741,7 @@ def main(argv: list[str] | None = None) -> int:
                                             result)
         bodies = request_bodies(events, matrix, args.big_rows)
         result.update(run_all(servers, bodies, args, workdir, grpc_ports))
+        result["grpc_client_ceiling"] = client_ceiling(bodies, args, workdir)
         summarise(result)
         result["load_average_at_end"] = os.getloadavg()[0]
         result["seconds"] = round(time.perf_counter() - started, 1)
@@ -690,5 +759,7 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "loadgen":
         loadgen_main(sys.argv[2])
+    elif len(sys.argv) == 4 and sys.argv[1] == "echo-grpc":
+        echo_grpc_main(int(sys.argv[2]), sys.argv[3])
     else:
         sys.exit(main())

@@ -219,7 +219,9 @@ class Inflater:
     def feed(self, data: bytes) -> bytes:
         if not self._started and data:
             self._started = True
-            if self.encoding == "deflate" and (data[0] & 0x0F) != 8:
+            zlib_header = (len(data) >= 2 and data[0] & 0x0F == 8
+                           and (data[0] << 8 | data[1]) % 31 == 0)
+            if self.encoding == "deflate" and not zlib_header:
                 self._zlib = zlib.decompressobj(-15)  # no zlib header: raw deflate
         try:
             out = self._zlib.decompress(data, self.limit - self.size + 1)
