@@ -5,6 +5,7 @@ partition assignment and step counts that keep the ranks in step."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -36,6 +37,10 @@ def own_cluster() -> Iterator[Any]:
         client.wait_for_workers(2)
         client.run(torch.set_num_threads, 1)
         yield client
+        # a killed worker's replacement is up before the cluster closes (closing a
+        # nanny halfway through its restart times out)
+        with contextlib.suppress(TimeoutError):
+            client.wait_for_workers(2, timeout=60)
 
 
 cluster = pytest.fixture(scope="module")(own_cluster)
@@ -257,3 +262,55 @@ def test_a_network_trains_data_parallel_through_the_cli(cluster: Any, tmp_path: 
     assert len(set(ranks[0]["digests"])) == 3  # and training changed them every epoch
     assert metrics["auc"] > 0.75  # 0.5 would be no learning
     assert ModelBundle.load(out).kind == "onnx"
+
+
+KILLS_RANK_ONE = '''\
+import os
+import signal
+
+import torch
+
+calls = 0
+
+
+class Net(torch.nn.Module):
+    def __init__(self, n_features):
+        super().__init__()
+        self.layer = torch.nn.Linear(n_features, 1)
+
+    def forward(self, x):
+        global calls
+        if self.training and torch.distributed.is_initialized() and \\
+                torch.distributed.get_rank() == 1:
+            calls += 1
+            if calls == 40:  # in epoch 2: rank 1's worker dies mid-training
+                os.kill(os.getpid(), signal.SIGKILL)
+        return self.layer(x)
+
+
+def model(n_features):
+    return Net(n_features)
+'''
+
+
+@pytest.mark.slow
+def test_a_lost_rank_fails_the_job_naming_the_worker_and_epoch(fresh_cluster: Any,
+                                                                tmp_path: Path,
+                                                                capsys: Any) -> None:
+    from mlaas_dask.cli import main
+
+    from test_models import sample_job
+
+    (tmp_path / "net.py").write_text(KILLS_RANK_ONE)
+    job = tmp_path / "job.yaml"
+    job.write_text(sample_job(tmp_path, "{file: net.py, epochs: 3, batch_size: 128, "
+                              "workers: 2}", n=4000, step=500))
+    workers = workers_of(fresh_cluster)
+    code = main(["train", str(job), "--cluster", fresh_cluster.scheduler.address, "--out",
+                 str(tmp_path / "bundle"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert "rank 1 of 2 on worker" in err and workers[1] in err and "left the cluster" in err
+    assert "Training had got after epoch 1" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bkg.root", "job.yaml", "net.py",
+                                                          "sig.root"]  # no bundle, no checkpoint
