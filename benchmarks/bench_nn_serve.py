@@ -76,7 +76,8 @@ def main() -> None:
         ceiling = bench_serve.ceiling(result.bundle, matrix)["nan"]
         bare = session_rows_per_s(bundle, rows)
         port = bench_serve.free_port()
-        server = bench_serve.start_mlaas(repo, port, tmp / "serve.log")
+        server = bench_serve.start_mlaas(repo, port, tmp / "serve.log",
+                                         grpc_port=bench_serve.free_port())
         try:
             bench_serve.wait_ready(port, server)
             bodies = [bench_serve.oip_binary(bench_serve._tile(matrix[i * 1000:], 1000))
