@@ -23,6 +23,7 @@ _EXTRAS = {
     "onnx": ("torch", "storing neural networks as ONNX"),
     "onnxscript": ("torch", "storing neural networks as ONNX"),
     "safetensors": ("torch", "storing a network's weights"),
+    "keras": ("keras", "Keras models (trained on Keras' torch backend)"),
 }
 
 
