@@ -175,10 +175,16 @@ def _faults_per_batch(use_allocator: bool) -> float:
 
 
 @pytest.mark.slow
-def test_training_allocator_stops_page_faults_in_dask_workers(client) -> None:
+def test_training_allocator_stops_page_faults_in_dask_workers() -> None:
     """Dask workers run with MALLOC_TRIM_THRESHOLD_ set, which makes glibc mmap every
-    batch's activations afresh; the trainer's allocator settings keep them on the heap."""
-    assert client.run(lambda: __import__("os").environ.get("MALLOC_TRIM_THRESHOLD_"))
-    plain = client.submit(_faults_per_batch, False, pure=False).result()
-    tuned = client.submit(_faults_per_batch, True, pure=False).result()
+    batch's activations afresh; the trainer's allocator settings keep them on the heap.
+    (A fresh worker: the heap of one that trained before holds other free blocks.)"""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None, silence_logs=50) as cluster, \
+            Client(cluster) as own:
+        assert own.run(lambda: __import__("os").environ.get("MALLOC_TRIM_THRESHOLD_"))
+        plain = own.submit(_faults_per_batch, False, pure=False).result()
+        tuned = own.submit(_faults_per_batch, True, pure=False).result()
     assert plain > 100 and tuned < plain / 10, (plain, tuned)  # measured: 414 and 11
