@@ -75,7 +75,7 @@ from mlaas_dask.serve.runtime import ModelRuntime
 
 log = logging.getLogger("mlaas_dask.serve")
 
-EXTENSIONS = ["binary_tensor_data", "model_repository", "mlaas_events"]
+EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration", "mlaas_events"]
 #: status recorded for a request whose client went away before sending all of it (nginx's)
 CLIENT_CLOSED = 499
 Handler = Callable[[Request, "ServerState"], Awaitable[Response]]

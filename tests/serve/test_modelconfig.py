@@ -40,6 +40,7 @@ def test_config_is_a_triton_model_config(config_server: LiveServer, trained: Tra
     from tritonclient.grpc import model_config_pb2
 
     with httpx.Client(base_url=config_server.url) as http:
+        assert "model_configuration" in http.get("/v2").json()["extensions"]
         data = http.get("/v2/models/hep/config").json()
         assert http.get("/v2/models/hep/versions/1/config").json() == data
     config = parsed(data)
