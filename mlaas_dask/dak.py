@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from mlaas_dask.bundle import ModelBundle
+from mlaas_dask.bundle import WEIGHTS_FILE, ModelBundle
 from mlaas_dask.data.events import is_dask_awkward, is_typetracer, select_branches
 from mlaas_dask.errors import BundleError, FeatureError
 
@@ -59,6 +59,9 @@ _LOADS: dict[str, int] = {}
 _LOCK = threading.Lock()
 #: bundles kept loaded per process (the least recently used goes first)
 MAX_LOADED = 8
+#: bundle files a task need not carry (plots, and a network's weights kept for further
+#: training: model.onnx holds them for scoring)
+_NOT_FOR_SCORING = {WEIGHTS_FILE}
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,8 @@ class BundleRef:
             archive = True
         elif path.is_dir():
             files = tuple((p.name, p.read_bytes()) for p in sorted(path.iterdir())
-                          if p.is_file() and not p.name.startswith("."))
+                          if p.is_file() and not p.name.startswith(".")
+                          and p.name not in _NOT_FOR_SCORING and p.suffix != ".png")
             archive = False
         else:
             raise BundleError(f"Model bundle {path} is not on disk any more; lazy scoring "

@@ -278,3 +278,14 @@ def test_structures_the_features_cannot_map(bundles: dict[str, Path], sample: Pa
     with pytest.raises(FeatureError, match=r"not Array; for arrays in memory use "
                                            r"ModelBundle\.predict_events"):
         predict_dask(bundles["xgboost"], events.compute())
+
+
+def test_a_bundle_archive_scores_as_its_folder(bundles: dict[str, Path], sample: Path,
+                                               tmp_path: Path) -> None:
+    from mlaas_dask.bundle import export_archive
+
+    archive = export_archive(bundles["sklearn"], tmp_path / "sgd.tar.gz")
+    events = uproot_events(sample)
+    from_archive = predict_dask(archive, events).compute()
+    from_folder = predict_dask(bundles["sklearn"], events).compute()
+    np.testing.assert_array_equal(ak.to_numpy(from_archive), ak.to_numpy(from_folder))
