@@ -155,6 +155,7 @@ def main() -> None:
         "events": events, "training_rows": len(y), "features": int(x.shape[1]),
         "threads": args.threads, "batch_size": args.batch_size,
         "mode": result.metrics["loader"]["mode"],
+        "loader": result.metrics["loader"],  # chunks, peak rows held by the trainer
         "ours_events_per_s": [round(r) for r in ours],
         "baseline_events_per_s_before": [round(r) for r in before],
         "baseline_events_per_s_after": [round(r) for r in after],
