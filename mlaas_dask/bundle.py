@@ -667,9 +667,9 @@ def export_archive(bundle: str | os.PathLike[str], archive: str | os.PathLike[st
     tmp = Path(name)
     try:
         with reporting_full_disk(archive, needed, "the bundle archive",
-                                 cleanup=lambda: tmp.unlink(missing_ok=True)):
-            with os.fdopen(handle, "wb") as file:
-                file.write(data)
+                                 cleanup=lambda: tmp.unlink(missing_ok=True)), \
+                os.fdopen(handle, "wb") as file:
+            file.write(data)
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
     except BaseException:

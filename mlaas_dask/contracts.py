@@ -68,6 +68,10 @@ class Metrics(TypedDict, total=False):
     fit: str
     epochs: int
     blocks: int
+    best_epoch: int
+    stopped_early: bool
+    loader: dict[str, Any]
+    data_parallel: dict[str, Any]
 
 
 class BenchRow(TypedDict, total=False):

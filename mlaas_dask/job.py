@@ -294,7 +294,7 @@ class DatasetConfig:
         labels = [g.label for g in self.groups]
         if all(isinstance(x, int) for x in labels):
             ordered = sorted(set(labels))
-            names = {}
+            names: dict[int | str, str] = {}
             for group in self.groups:
                 names.setdefault(group.label, group.name)
             if ordered == [0, 1]:
@@ -484,7 +484,8 @@ def job_from_dict(data: Any, validator: Validator, base: Path, *, events: bool =
     output = (clean["output"] or {}).get("dir") or "bundles/model"
     tune = TuneConfig(**clean["tune"]) if clean["tune"] else None
     return Job(dataset=dataset_config, features=features, model=model, split=split,
-               output=_resolve(output, base), cluster=_resolve_cluster(clean["cluster"], base), tune=tune,
+               output=_resolve(output, base),
+               cluster=_resolve_cluster(clean["cluster"], base), tune=tune,
                source=None, raw=data)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -78,10 +79,17 @@ def client() -> Iterator[Any]:
     """A LocalCluster with two single-threaded worker processes, shared by the session."""
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None, silence_logs=40) as cluster, \
-            Client(cluster) as dask_client:
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                           host="127.0.0.1", dashboard_address=None, silence_logs=40)
+    dask_client = Client(cluster)
+    try:
         yield dask_client
+    finally:
+        dask_client.close()
+        # a worker process that imported torch takes up to ~4 s to exit, and the nanny
+        # waits 5 s: under load its close times out, after every test has passed
+        with contextlib.suppress(TimeoutError):
+            cluster.close(timeout=60)
 
 
 def write_events(path: Path, n: int = 1000, seed: int = 0, tree: str = "Events",
@@ -155,3 +163,37 @@ def logged(on_line: Callable[[str], Any] | None = None) -> Iterator[LogLines]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+
+
+@pytest.fixture(scope="module")
+def dak_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """NanoAOD-like sig/bkg/third files and a torch network file (dask-awkward tests)."""
+    from helpers import DAK_MLP, nano_file
+
+    folder = tmp_path_factory.mktemp("dak")
+    nano_file(folder / "sig.root", 1, 70)
+    nano_file(folder / "bkg.root", 2, 30)
+    nano_file(folder / "third.root", 3, 120)
+    (folder / "net.py").write_text(textwrap.dedent(DAK_MLP))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def dak_bundles(client: Any, dak_sample: Path) -> dict[str, Path]:
+    """One bundle per model kind, and a multi-class XGBoost one, trained by ``train``
+    on ``dak_sample``."""
+    from helpers import DAK_MODELS, dak_job_text
+
+    from mlaas_dask.job import job_from_text
+    from mlaas_dask.train import train
+
+    out = {}
+    for kind, model in DAK_MODELS.items():
+        if kind == "onnx":
+            pytest.importorskip("torch")
+        job = job_from_text(dak_job_text(dak_sample, model), base=dak_sample)
+        out[kind] = train(job, cluster=client, out=dak_sample / kind, progress=False).bundle
+    text = dak_job_text(dak_sample, DAK_MODELS["xgboost"], multiclass=True)
+    job = job_from_text(text, base=dak_sample)
+    out["multiclass"] = train(job, cluster=client, out=dak_sample / "multi", progress=False).bundle
+    return out

@@ -22,8 +22,8 @@ def test_gpu_check_cpu_path_runs_mlaas_bench(tmp_path: Path) -> None:
     env = {**os.environ, "MLAAS_GPU_CHECK_DATA": str(tmp_path / "data")}
     env.pop("CUDA_VISIBLE_DEVICES", None)
     run = subprocess.run([str(REPO / "benchmarks" / "gpu_check.sh"), "--cpu", "--events",
-                          "20000", "--rounds", "30", "--epochs", "2", "--out", str(out)], capture_output=True,
-                         text=True, env=env, timeout=400, check=False)
+                          "20000", "--rounds", "30", "--epochs", "2", "--out", str(out)],
+                         capture_output=True, text=True, env=env, timeout=400, check=False)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "1 skipped" in (out / "gpu_tests.log").read_text()
 

@@ -15,31 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import xgboost
+from helpers import SPEC, make_bundle, tiny_model
 
 from mlaas_dask.bundle import ModelBundle, export_archive, extract_archive, write_bundle
 from mlaas_dask.errors import BundleError
-from mlaas_dask.features import Collection, FeatureSpec
+from mlaas_dask.features import FeatureSpec
 from mlaas_dask.outputs import DiskSpaceError
 
 from disks import entries, fill, small_filesystem
-
-SPEC = FeatureSpec(flat=["MET_pt"], collections={"Jet": Collection("Jet", ["pt"], n=2)})
-
-
-def tiny_model(n_features: int = 4) -> bytes:
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(200, n_features)).astype(np.float32)
-    y = (X[:, 0] > 0).astype(int)
-    booster = xgboost.train({"objective": "binary:logistic", "max_depth": 2},
-                            xgboost.DMatrix(X, y), 5)
-    return bytes(booster.save_raw("ubj"))
-
-
-def make_bundle(path: Path, **kwargs) -> Path:
-    return write_bundle(path, model=tiny_model(), spec=SPEC,
-                        metadata={"classes": ["background", "signal"]},
-                        metrics={"auc": 0.9}, **kwargs)
 
 
 def test_round_trip_and_archive(tmp_path: Path) -> None:

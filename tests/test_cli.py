@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import uproot
+from helpers import make_bundle, quiet, small_job
 
 from mlaas_dask.bundle import ModelBundle
 from mlaas_dask.cli import main
@@ -19,7 +20,6 @@ from mlaas_dask.job import job_from_text
 from mlaas_dask.train import train
 
 from conftest import write_events
-from test_train import quiet, small_job
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -172,7 +172,6 @@ def session_processes(session: int) -> list[int]:
 
 def predict_inputs(tmp_path: Path) -> tuple[Path, list[Path]]:
     """A small XGBoost bundle (MET_pt and two jets) and two files to score."""
-    from test_bundle import make_bundle
 
     files = [write_events(tmp_path / f"{name}.root", n=3000, seed=seed)
              for seed, name in enumerate(("a", "b"))]

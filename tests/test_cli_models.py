@@ -7,10 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import SGD, sample_job
 
 from mlaas_dask.cli import main
-
-from test_models import SGD, sample_job
 
 pytestmark = pytest.mark.slow
 

@@ -13,13 +13,13 @@ import awkward as ak
 import numpy as np
 import pytest
 import uproot
+from helpers import DAK_FEATURES as FEATURES
+from helpers import nano_file
 
 from mlaas_dask.bundle import ModelBundle
 from mlaas_dask.errors import ConfigError, FeatureError
 from mlaas_dask.job import job_from_text
 from mlaas_dask.train import prepare_events, train
-
-from test_dak_scoring import FEATURES, nano_file
 
 dak = pytest.importorskip("dask_awkward")
 

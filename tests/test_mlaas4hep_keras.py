@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import write_mlaas4hep
 
 from mlaas_dask.cli import main
 from mlaas_dask.nn.keras import prefer_torch
 
 from conftest import REPO
-from test_models import write_mlaas4hep
 
 prefer_torch()
 pytest.importorskip("torch")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import uproot
+from helpers import SGD, events_of, quiet, sample_job, write_mlaas4hep
 
 from mlaas_dask.bundle import ModelBundle
 from mlaas_dask.cli import main
@@ -17,27 +17,8 @@ from mlaas_dask.job import job_from_text
 from mlaas_dask.train import train
 
 from conftest import logged, write_events
-from test_train import quiet, small_job
 
 pytestmark = pytest.mark.slow
-
-SGD = "{class: sklearn.linear_model.SGDClassifier, params: {loss: log_loss}, epochs: 3}"
-
-
-def sample_job(tmp_path: Path, model: str, n: int = 4000, step: int = 1000) -> str:
-    text = small_job(tmp_path).replace("step_size: 1000", f"step_size: {step}")
-    rng = np.random.default_rng(3)
-    # signal: MET shifted up by 40 GeV, so a linear model can separate it well
-    write_events(tmp_path / "sig.root", n=n, seed=1,
-                 extra={"MET_pt": (rng.exponential(30, n) + 40).astype(np.float32)})
-    write_events(tmp_path / "bkg.root", n=n, seed=2)
-    return text.split("model:")[0] + f"model: {model}\n"
-
-
-def events_of(tmp_path: Path, name: str, spec) -> object:
-    with uproot.open(tmp_path / f"{name}.root") as handle:
-        return handle["Events"].arrays(spec.branches())
-
 
 def test_sgd_through_incremental_over_partitions(client, tmp_path: Path) -> None:
     job = job_from_text(sample_job(tmp_path, SGD), base=tmp_path)
@@ -213,31 +194,6 @@ def test_tune_grid_refuses_ranges() -> None:
     grid = configurations({"a": [1, 2], "b": ["x", "y"]}, 10, "grid", 0)
     assert grid == [{"a": 1, "b": "x"}, {"a": 1, "b": "y"}, {"a": 2, "b": "x"},
                     {"a": 2, "b": "y"}]
-
-
-def write_mlaas4hep(tmp_path: Path, hep_tutorial: Path,
-                    labels: str = "files") -> dict[str, Path]:
-    """An MLaaS4HEP job in its documented format (params.json, files.txt, labels.txt,
-    preproc.json) on the CMS HEP-tutorial files."""
-    files = [hep_tutorial / "single_top.root", hep_tutorial / "ww.root"]
-    (tmp_path / "files.txt").write_text("# signal then background\n"
-                                        + "\n".join(str(f) for f in files) + "\n")
-    (tmp_path / "labels.txt").write_text("1\n0\n")
-    params = {"nevts": 30000, "shuffle": True, "chunk_size": 2000, "epochs": 5,
-              "batch_size": 100, "identifier": "", "branch": "events",
-              "selected_branches": "", "exclude_branches": ["EventWeight", "triggerIsoMu24"],
-              "hist": "pdfs", "redirector": "", "verbose": 1}
-    (tmp_path / "params.json").write_text(json.dumps(params))
-    preproc = {
-        "new_branch": {"MET_square": {"def": "MET_px**2 + MET_py**2", "type": "flat",
-                                      "cut": "MET_square<1e6", "remove": "False",
-                                      "keys_to_remove": ["MET_px"]}},
-        "flat_cut": {"NJet": {"cut": "0<=NJet<=8", "remove": "False"}},
-        "jagged_cut": {"Muon_Iso": {"cut": ["Muon_Iso>=0", "all"], "remove": "False"}},
-    }
-    (tmp_path / "preproc.json").write_text(json.dumps(preproc))
-    return {"params": tmp_path / "params.json", "files": tmp_path / "files.txt",
-            "labels": tmp_path / "labels.txt", "preproc": tmp_path / "preproc.json"}
 
 
 def test_mlaas4hep_print_job(capsys, tmp_path: Path, hep_tutorial: Path) -> None:

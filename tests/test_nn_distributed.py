@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import sample_job
 
 torch = pytest.importorskip("torch")
 
@@ -237,8 +238,6 @@ def test_a_network_trains_data_parallel_through_the_cli(cluster: Any, tmp_path: 
     from mlaas_dask.bundle import ModelBundle
     from mlaas_dask.cli import main
 
-    from test_models import sample_job
-
     (tmp_path / "net.py").write_text(MLP)
     job = tmp_path / "job.yaml"
     job.write_text(sample_job(tmp_path, "{file: net.py, epochs: 3, batch_size: 128, "
@@ -298,8 +297,6 @@ def test_a_lost_rank_fails_the_job_naming_the_worker_and_epoch(fresh_cluster: An
                                                                 tmp_path: Path,
                                                                 capsys: Any) -> None:
     from mlaas_dask.cli import main
-
-    from test_models import sample_job
 
     (tmp_path / "net.py").write_text(KILLS_RANK_ONE)
     job = tmp_path / "job.yaml"

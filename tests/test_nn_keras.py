@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import events_of, sample_job
 
 from mlaas_dask.errors import ConfigError
 from mlaas_dask.nn.keras import (
@@ -50,8 +51,6 @@ def model(n_features):
 
 def keras_job(tmp_path: Path, source: str = KERAS_MLP,
               settings: str = "epochs: 3, batch_size: 128") -> Path:
-    from test_models import sample_job
-
     (tmp_path / "net.py").write_text(textwrap.dedent(source))
     job = tmp_path / "job.yaml"
     job.write_text(sample_job(tmp_path, f"{{file: net.py, {settings}}}", n=4000))
@@ -104,8 +103,6 @@ def test_onnx_scores_equal_keras_predict(keras_bundle: Path, tmp_path: Path) -> 
     """The bundle's weights loaded into a fresh Keras model of the same file: Keras'
     predict on the preprocessed events equals the bundle's ONNX scores (1e-5)."""
     from mlaas_dask.bundle import ModelBundle
-
-    from test_models import events_of
 
     bundle = ModelBundle.load(keras_bundle)
     sample = keras_bundle.parent  # the module fixture's folder holds sig.root, bkg.root

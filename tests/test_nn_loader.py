@@ -126,10 +126,10 @@ def test_splits_that_do_not_fit_are_streamed(client) -> None:
 
 @pytest.mark.slow
 def test_stream_true_trains_end_to_end(client, tmp_path: Path) -> None:
+    from helpers import torch_job
+
     from mlaas_dask.job import job_from_text
     from mlaas_dask.train import train
-
-    from test_nn_torch import torch_job
 
     torch_job(tmp_path, settings="epochs: 2, batch_size: 100, stream: true")
     job = job_from_text((tmp_path / "job.yaml").read_text(), base=tmp_path)

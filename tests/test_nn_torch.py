@@ -5,11 +5,11 @@ train`` -> an ONNX bundle whose scores equal torch's, ``mlaas predict`` and the 
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import events_of, torch_job
 
 from mlaas_dask.bundle import ModelBundle
 from mlaas_dask.cli import main
@@ -22,49 +22,6 @@ from conftest import write_events
 pytestmark = pytest.mark.slow
 
 torch = pytest.importorskip("torch")
-
-MLP = '''\
-import torch
-
-
-def model(n_features):
-    return torch.nn.Sequential(torch.nn.Linear(n_features, 32), torch.nn.ReLU(),
-                               torch.nn.Linear(32, 32), torch.nn.ReLU(),
-                               torch.nn.Linear(32, 1))
-'''
-
-
-def sample_job(tmp_path: Path, model: str, n: int = 4000, step: int = 1000) -> str:
-    """A job on two generated files: signal (MET shifted up by 40 GeV) and background."""
-    rng = np.random.default_rng(3)
-    write_events(tmp_path / "sig.root", n=n, seed=1,
-                 extra={"MET_pt": (rng.exponential(30, n) + 40).astype(np.float32)})
-    write_events(tmp_path / "bkg.root", n=n, seed=2)
-    return f"""
-dataset:
-  step_size: {step}
-  groups:
-    - {{name: sig, files: [sig.root], label: 1}}
-    - {{name: bkg, files: [bkg.root], label: 0}}
-features: {{flat: [MET_pt], collections: {{Jet: {{fields: [pt, eta], n: 3}}}}}}
-model: {model}
-"""
-
-
-def events_of(tmp_path: Path, name: str, spec) -> object:
-    import uproot
-
-    with uproot.open(tmp_path / f"{name}.root") as handle:
-        return handle["Events"].arrays(spec.branches())
-
-
-def torch_job(tmp_path: Path, source: str = MLP, settings: str = "epochs: 3, batch_size: 128",
-              n: int = 4000) -> Path:
-    (tmp_path / "net.py").write_text(textwrap.dedent(source))
-    job = tmp_path / "job.yaml"
-    job.write_text(sample_job(tmp_path, f"{{file: net.py, {settings}}}", n=n))
-    return job
-
 
 def train_cli(client, job: Path, out: Path, capsys) -> tuple[int, str, str]:
     code = main(["train", str(job), "--cluster", client.scheduler.address, "--out", str(out),

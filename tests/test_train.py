@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import uproot
+from helpers import quiet, small_job
 
 from mlaas_dask.bundle import ModelBundle
 from mlaas_dask.errors import BundleError, DataError
@@ -18,26 +19,6 @@ from mlaas_dask.train import train
 from conftest import REPO, write_events
 
 pytestmark = pytest.mark.slow
-
-quiet = {"progress": False}
-
-
-def small_job(tmp_path: Path, extra: str = "", features: str | None = None) -> str:
-    rng = np.random.default_rng(7)
-    write_events(tmp_path / "sig.root", n=3000, seed=1,
-                 extra={"MET_pt": rng.exponential(60, 3000).astype(np.float32)})
-    write_events(tmp_path / "bkg.root", n=3000, seed=2)
-    return f"""
-dataset:
-  step_size: 1000
-  groups:
-    - {{name: sig, files: [sig.root], label: 1}}
-    - {{name: bkg, files: [bkg.root], label: 0}}
-{extra}
-features: {features or "{flat: [MET_pt], collections: {Jet: {fields: [pt, eta], n: 3}}}"}
-model: {{num_boost_round: 30, early_stopping_rounds: 5, params: {{max_depth: 3}}}}
-"""
-
 
 def test_cms_tutorial_end_to_end(client, tmp_path: Path, hep_tutorial: Path) -> None:
     job = load_job(REPO / "examples" / "cms-hep-tutorial.yaml")

@@ -11,6 +11,7 @@ otherwise the job fails with a message naming the worker and how far training go
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import threading
@@ -240,3 +241,19 @@ class Retries:
                     f"resume: no worker is left on the cluster (waited "
                     f"{WORKER_WAIT_SECONDS:g} s for a replacement).")
             time.sleep(POLL_SECONDS)
+
+
+def forget_topic(client: Any, topic: str) -> None:
+    """Drop a training attempt's events (its checkpoints are large) from the scheduler's
+    event log (XGBoost rounds, network epochs).
+
+    The scheduler has no public call for this; without one the events stay until the
+    scheduler's log length pushes them out.
+    """
+    def forget(dask_scheduler: Any) -> None:
+        broker = getattr(dask_scheduler, "_broker", None)
+        if broker is not None:
+            broker.truncate(topic)
+
+    with contextlib.suppress(Exception):  # best effort: a closing client, an old scheduler
+        client.run_on_scheduler(forget)

@@ -261,8 +261,8 @@ def run_training(context: FitContext, config: Any, data: Any, address: str,
     import shutil
 
     from mlaas_dask.nn.trainer import train_task
+    from mlaas_dask.train.faults import forget_topic
     from mlaas_dask.train.pipeline import checkpoint_folder
-    from mlaas_dask.train.xgb import _forget_topic
 
     client = context.client
     folder = checkpoint_folder(context.out)
@@ -273,7 +273,7 @@ def run_training(context: FitContext, config: Any, data: Any, address: str,
             return _train_ranks(context, config, data, ranks, events)
         finally:
             client.unsubscribe_topic(config.topic)
-            _forget_topic(client, config.topic)
+            forget_topic(client, config.topic)
             shutil.rmtree(folder, ignore_errors=True)
     future = client.submit(train_task, config, data, workers=[address],
                            allow_other_workers=False, pure=False,
@@ -285,7 +285,7 @@ def run_training(context: FitContext, config: Any, data: Any, address: str,
         raise
     finally:
         client.unsubscribe_topic(config.topic)
-        _forget_topic(client, config.topic)
+        forget_topic(client, config.topic)
         shutil.rmtree(folder, ignore_errors=True)
 
 

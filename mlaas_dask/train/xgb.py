@@ -3,7 +3,6 @@ checkpointed so that training resumes when a worker is lost (see :mod:`.faults`)
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -27,6 +26,7 @@ from mlaas_dask.train.faults import (
     WorkerLost,
     WorkerWatch,
     cancel_dependents,
+    forget_topic,
     run_watched,
     wait_watched,
 )
@@ -296,7 +296,7 @@ def train_booster(
             watch, abort=lambda: cancel_dependents(client, futures_of(inputs)))
     finally:
         client.unsubscribe_topic(topic)
-        _forget_topic(client, topic)
+        forget_topic(client, topic)
     booster = output["booster"]
     history = join_history(checkpoint.history if checkpoint else {}, output["history"])
     best = getattr(booster, "best_iteration", None)
@@ -352,21 +352,6 @@ def _raise_failed(arrays: list[Any]) -> None:
     for future in futures:
         if future.status == "error":
             future.result()
-
-
-def _forget_topic(client: Any, topic: str) -> None:
-    """Drop an attempt's events (checkpoints are large) from the scheduler's event log.
-
-    The scheduler has no public call for this; without one the events stay until the
-    scheduler's log length pushes them out.
-    """
-    def forget(dask_scheduler: Any) -> None:
-        broker = getattr(dask_scheduler, "_broker", None)
-        if broker is not None:
-            broker.truncate(topic)
-
-    with contextlib.suppress(Exception):  # best effort: a closing client, an old scheduler
-        client.run_on_scheduler(forget)
 
 
 def train_resumable(client: Any, stages: Any, device: str, X: dict[str, Any],
