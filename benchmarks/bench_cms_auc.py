@@ -16,31 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
-from common import emit
+from common import emit, job_arrays
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def single_process_auc(job, spec) -> float:  # noqa: ANN001
-    import uproot
     import xgboost
     from sklearn.metrics import roc_auc_score
 
-    from mlaas_dask.train.split import assign_split, file_key
-
-    X, y, w, split = [], [], [], []
-    for group in job.dataset.groups:
-        for path in group.files:
-            with uproot.open(path) as handle:
-                events = handle[job.dataset.tree].arrays(
-                    [*spec.branches(), job.dataset.weight_branch])
-            n = len(events)
-            X.append(spec.transform(events))
-            y.append(np.full(n, group.label))
-            w.append(np.asarray(events[job.dataset.weight_branch]))
-            split.append(assign_split([np.full(n, file_key(path), np.uint64), np.arange(n)],
-                                      job.split.train, job.split.validation, job.split.seed))
-    X, y, w, split = map(np.concatenate, (X, y, w, split))
+    X, y, w, split = job_arrays(job, spec)
     train = split == 0
     totals = np.array([w[train & (y == c)].sum() for c in (0, 1)])
     factors = totals.sum() / (2 * totals)

@@ -22,32 +22,16 @@ from pathlib import Path
 import numpy as np
 from bench_nn_loader import example_network
 
-from common import emit
+from common import emit, job_arrays
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def plain_torch_auc(job, spec, epochs: int, batch_size: int) -> float:  # noqa: ANN001
     import torch
-    import uproot
     from sklearn.metrics import roc_auc_score
 
-    from mlaas_dask.train.split import assign_split, file_key
-
-    X, y, w, split = [], [], [], []
-    for group in job.dataset.groups:
-        label = job.dataset.label_index(group)
-        for path in group.files:
-            with uproot.open(path) as handle:
-                events = handle[job.dataset.tree].arrays(
-                    [*spec.branches(), job.dataset.weight_branch])
-            n = len(events)
-            X.append(spec.transform(events))
-            y.append(np.full(n, label))
-            w.append(np.asarray(events[job.dataset.weight_branch], np.float32))
-            split.append(assign_split([np.full(n, file_key(path), np.uint64), np.arange(n)],
-                                      job.split.train, job.split.validation, job.split.seed))
-    X, y, w, split = map(np.concatenate, (X, y, w, split))
+    X, y, w, split = job_arrays(job, spec)
     X = np.where(np.isnan(X), 0.0, X).astype(np.float32)
     train = split == 0
     mean, std = X[train].mean(0), X[train].std(0)

@@ -107,3 +107,29 @@ def sample_job(files: dict[str, list[Path]], step: int, dataset_extra: str = "",
             f"    - {{name: background, files: {[str(p) for p in files['background']]}, "
             f"label: 0}}\n"
             f"features: {SAMPLE_FEATURES}{rest}")
+
+
+def job_arrays(job: Any, spec: Any) -> tuple[Any, Any, Any, Any]:
+    """A job's events read the plain way, in one process, for a hand-written baseline:
+    uproot ``TTree.arrays`` of every file, the FeatureSpec's matrix, labels, event weights
+    and the split mlaas_dask assigns (the event-id hash of file and entry). Returns
+    ``X, y, w, split`` (split 0 train, 1 validation, 2 test)."""
+    import numpy as np
+    import uproot
+
+    from mlaas_dask.train.split import assign_split, file_key
+
+    X, y, w, split = [], [], [], []
+    for group in job.dataset.groups:
+        label = job.dataset.label_index(group)
+        for path in group.files:
+            with uproot.open(path) as handle:
+                events = handle[job.dataset.tree].arrays(
+                    [*spec.branches(), job.dataset.weight_branch])
+            n = len(events)
+            X.append(spec.transform(events))
+            y.append(np.full(n, label))
+            w.append(np.asarray(events[job.dataset.weight_branch], np.float32))
+            split.append(assign_split([np.full(n, file_key(path), np.uint64), np.arange(n)],
+                                      job.split.train, job.split.validation, job.split.seed))
+    return tuple(np.concatenate(parts) for parts in (X, y, w, split))
