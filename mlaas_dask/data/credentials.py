@@ -188,7 +188,7 @@ def _plugin_class() -> type:
             for key, value in values.items():
                 self._saved.setdefault(key, os.environ.get(key))
                 os.environ[key] = value
-            _ssl_cache.clear()
+            clear_ssl_cache()
 
         def _write(self, folder: str, name: str, data: bytes) -> str:
             path = os.path.join(folder, name)
@@ -209,7 +209,7 @@ def _plugin_class() -> type:
             for path in self._files:
                 with contextlib.suppress(OSError):
                     os.remove(path)
-            _ssl_cache.clear()
+            clear_ssl_cache()
 
     return CredentialsPlugin
 
@@ -262,6 +262,16 @@ def _ssl_context() -> ssl.SSLContext:
     with _lock:
         _ssl_cache[key] = context
     return context
+
+
+def clear_ssl_cache() -> None:
+    """Forget the TLS contexts made so far (credentials changed).
+
+    The worker plugin calls this function rather than ``_ssl_cache.clear``: the plugin's
+    class is made inside a function, so cloudpickle ships it by value with the globals it
+    names, and the cache holds SSLContexts, which cannot be pickled.
+    """
+    _ssl_cache.clear()
 
 
 def ssl_context() -> ssl.SSLContext:
