@@ -72,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"Test AUC: {metrics['auc']:.4f}  ({metrics['events']:,} test events; "
           f"{_how_fitted(metrics)})")
     print("Time: " + ", ".join(f"{label} {seconds[key]:.1f} s" for key, label in (
-        ("read_features", "read+features"), ("train", "train"), ("evaluate", "evaluate"),
+        ("read_features", "read+features"), ("train", "train"), ("predict", "predict"),
+        ("evaluate", "evaluate"),
         ("total", "total")) if key in seconds))
     print(f"Model bundle written to {result.bundle}")
     if args.archive:
