@@ -54,12 +54,6 @@ class NetworkError(MlaasError):
         self.epoch = epoch
         self.layer = layer
 
-    def __reduce__(self) -> Any:  # keyword attributes survive the trip from the worker
-        return _rebuild_error, (str(self), self.epoch, self.layer)
-
-
-def _rebuild_error(message: str, epoch: int | None, layer: str | None) -> NetworkError:
-    return NetworkError(message, epoch=epoch, layer=layer)
 
 
 @dataclass
