@@ -108,6 +108,9 @@ def test_sigterm_drains_requests_in_flight(make_repo: Callable[..., Path], train
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
             _wait_up(http, process)
+        # one process ready is not both: the raw connection may land on either
+        assert every_worker_sees(f"http://127.0.0.1:{port}", lambda r: r.status_code == 200,
+                                 "/v2/health/ready")
         with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
             sock.sendall(b"POST /v2/models/hep/infer HTTP/1.1\r\nHost: x\r\n"
                          b"Content-Type: application/json\r\n"
