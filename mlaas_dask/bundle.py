@@ -13,6 +13,8 @@ A bundle is a directory (or its ``.tar.gz``)::
     metrics.json     test AUC, events per class and split, seconds per stage
     metadata.json    inputs, package versions, data summary, classes
     roc.png, scores.png
+    report.html      the evaluation report (self-contained), its figures report_*.png,
+                     and report_data.npz, what they are drawn from (mlaas_dask.report)
 
 It is written atomically: files go into a hidden temporary folder next to the target, which
 is renamed into place only when complete, so a half-written bundle never looks complete.
@@ -27,7 +29,7 @@ import os
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +77,8 @@ BUNDLE_FORMAT = "mlaas_dask.bundle/1"
 BUNDLE_FILES_KEY = "bundle_files"
 #: plots of bundles written before BUNDLE_FILES_KEY existed
 LEGACY_PLOTS = (ROC_PLOT, SCORES_PLOT)
+#: called with a bundle's staging folder; gives further files to write there
+Stage = Callable[[Path], Mapping[str, bytes]]
 
 
 @dataclass
@@ -486,6 +490,7 @@ def write_bundle(
     metrics: Mapping[str, Any],
     extra_files: Mapping[str, bytes] | None = None,
     overwrite: bool = False,
+    stage: Stage | None = None,
 ) -> Path:
     """Write a bundle atomically and return its path.
 
@@ -503,6 +508,10 @@ def write_bundle(
         Its name in the bundle, which says its kind (see :data:`MODEL_FILES`).
     extra_files
         Further files by name (plots).
+    stage
+        Called with the staging folder once every file is there (the bundle loads from
+        it): returns further files (or new contents) to write before the bundle is moved
+        into place, e.g. the evaluation report (:func:`mlaas_dask.report.in_staging`).
 
     Raises
     ------
@@ -519,12 +528,12 @@ def write_bundle(
     files: dict[str, bytes] = {
         model_file: model,
         FEATURES_FILE: spec.to_json().encode(),
-        METRICS_FILE: _dumps(metrics),
+        METRICS_FILE: json_bytes(metrics),
         **(extra_files or {}),
     }
     own = sorted([*files, METADATA_FILE])
     # metadata.json marks the bundle as complete (written last) and lists what it wrote
-    files[METADATA_FILE] = _dumps({"format": BUNDLE_FORMAT, **metadata,
+    files[METADATA_FILE] = json_bytes({"format": BUNDLE_FORMAT, **metadata,
                                      BUNDLE_FILES_KEY: own})
     target = _real_path(out)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -537,6 +546,8 @@ def write_bundle(
                                  cleanup=lambda: shutil.rmtree(tmp, ignore_errors=True)):
             for name, data in files.items():
                 (tmp / name).write_bytes(data)
+            if stage is not None:
+                add_files(tmp, stage(tmp))
         os.chmod(tmp, 0o755)
         _check_target(out, overwrite)  # again: a user may have added files meanwhile
         _swap_into_place(tmp, target)
@@ -544,6 +555,56 @@ def write_bundle(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def add_files(folder: Path, files: Mapping[str, bytes]) -> None:
+    """Write ``files`` (plain names) into a bundle folder being staged, and list the new
+    ones in its metadata.json (written last)."""
+    names = sorted(plain_names(list(files)))
+    if len(names) != len(files):
+        raise ValueError(f"bundle files must have plain names, not {sorted(files)}")
+    for name in names:
+        if name != METADATA_FILE:
+            (folder / name).write_bytes(files[name])
+    metadata = json.loads(files[METADATA_FILE]) if METADATA_FILE in files else \
+        _read_json(folder / METADATA_FILE)
+    listed = plain_names(metadata.get(BUNDLE_FILES_KEY))
+    metadata[BUNDLE_FILES_KEY] = sorted(listed | set(names) | {METADATA_FILE})
+    (folder / METADATA_FILE).write_bytes(json_bytes(metadata))
+
+
+def update_bundle(bundle: str | os.PathLike[str], stage: Stage) -> Path:
+    """Rewrite some files of an existing bundle folder atomically: its own files are
+    copied into a staging folder next to it, ``stage(folder)`` gives the files to add or
+    replace, and the staging folder takes the bundle's place (files that are not the
+    bundle's stay, as with ``--overwrite``).
+
+    Raises
+    ------
+    BundleError
+        When ``bundle`` is not a complete bundle folder.
+    DiskSpaceError
+        When the copy does not fit (nothing is left behind).
+    """
+    path = Path(bundle)
+    check_bundle_dir(path)
+    target = _real_path(path)
+    own = sorted(name for name in _own_files(path) if (path / name).is_file())
+    needed = size_on_disk((path / name).stat().st_size for name in own)
+    check_free_space(target.parent, needed, "the model bundle")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        with reporting_full_disk(path, needed, "the model bundle",
+                                 cleanup=lambda: shutil.rmtree(tmp, ignore_errors=True)):
+            for name in own:
+                shutil.copyfile(path / name, tmp / name)
+            add_files(tmp, stage(tmp))
+        os.chmod(tmp, 0o755)
+        _swap_into_place(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
 
 
 def _real_path(out: Path) -> Path:
@@ -630,7 +691,8 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
         old.rmdir()
 
 
-def _dumps(data: Mapping[str, Any]) -> bytes:
+def json_bytes(data: Mapping[str, Any]) -> bytes:
+    """A bundle's JSON file: indented, numpy numbers and arrays as JSON ones."""
     return (json.dumps(data, indent=2, default=_json_default) + "\n").encode()
 
 

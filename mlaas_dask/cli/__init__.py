@@ -24,6 +24,7 @@ COMMANDS = {
     "tune": "tune",
     "predict": "predict",
     "export": "export",
+    "report": "report",
     "serve": "serve",
     "bench": "bench",
     "cluster": "cluster",

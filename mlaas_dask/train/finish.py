@@ -27,6 +27,7 @@ def evaluate_and_write(client: Client, fitted: Fitted, matrices: Matrices, class
     Returns the bundle path and metrics.json's content.
     """
     from mlaas_dask.bundle import ROC_PLOT, SCORES_PLOT, write_bundle
+    from mlaas_dask.report import in_staging
 
     start = time.perf_counter()
     scores, y_test, w_test = client.compute(
@@ -52,5 +53,6 @@ def evaluate_and_write(client: Client, fitted: Fitted, matrices: Matrices, class
     bundle = write_bundle(out, model=fitted.model_bytes, model_file=fitted.model_file,
                           spec=spec, metadata={**metadata, "model": fitted.model_metadata},
                           metrics=metrics, extra_files={**plots, **fitted.files},
-                          overwrite=overwrite)
+                          overwrite=overwrite,
+                          stage=in_staging(client, matrices, (y_test, scores, w_test)))
     return bundle, metrics
