@@ -24,8 +24,10 @@ def test_cms_tutorial_end_to_end(client, tmp_path: Path, hep_tutorial: Path) -> 
     job = load_job(REPO / "examples" / "cms-hep-tutorial.yaml")
     result = train(job, cluster=client, out=tmp_path / "bundle", **quiet)
     bundle = tmp_path / "bundle"
-    assert sorted(p.name for p in bundle.iterdir()) == [
+    # the evaluation report's files (report.html, report_*): tests/test_report.py
+    assert sorted(p.name for p in bundle.iterdir() if not p.name.startswith("report")) == [
         "features.json", "metadata.json", "metrics.json", "model.ubj", "roc.png", "scores.png"]
+    assert (bundle / "report.html").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     metrics = json.loads((bundle / "metrics.json").read_text())
     assert 0.8 < metrics["auc"] < 1.0
