@@ -85,3 +85,19 @@ def test_wheel_trains(wheel_venv: Path, tmp_path: Path) -> None:
     assert trained.returncode == 0, trained.stdout + trained.stderr
     assert "Test AUC" in trained.stdout
     assert (tmp_path / "bundle" / "model.ubj").is_file()
+
+
+@pytest.mark.slow
+def test_wheel_ships_every_subpackage(wheel_venv: Path, tmp_path: Path) -> None:
+    """Every package of the source tree is in the wheel (pyproject lists them by name, and a
+    new subpackage left off that list once broke training from a wheel)."""
+    source = sorted(".".join(p.parent.relative_to(ROOT).parts)
+                    for p in (ROOT / "mlaas_dask").rglob("__init__.py"))
+    listed = _run([str(wheel_venv / "bin" / "python"), "-c",
+                   "import pkgutil, mlaas_dask; print('\\n'.join(sorted(['mlaas_dask'] + "
+                   "[m.name for m in pkgutil.walk_packages(mlaas_dask.__path__, 'mlaas_dask.') "
+                   "if m.ispkg])))"], cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    shipped = set(listed.stdout.split())
+    missing = [name for name in source if name not in shipped]
+    assert not missing, f"add {missing} to [tool.setuptools] packages in pyproject.toml"
