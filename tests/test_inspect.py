@@ -154,8 +154,8 @@ def test_trees_in_subdirectories_and_other_objects(tmp_path: Path) -> None:
         file["hist"] = np.histogram(np.arange(10), bins=5)
         file["ntuple"] = {"z": np.arange(3)}
     report = inspect_file(path)
-    assert sorted(t["name"] for t in report["trees"]) == ["dir/sub/Events", "top"]
-    assert report["other_objects"] == {"hist": "TH1D", "ntuple": "ROOT::RNTuple"}
+    assert sorted(t["name"] for t in report["trees"]) == ["dir/sub/Events", "ntuple", "top"]
+    assert report["other_objects"] == {"hist": "TH1D"}
     only = inspect_file(path, tree="Events")
     assert [t["name"] for t in only["trees"]] == ["dir/sub/Events"]
     assert pick_tree(only)["entries"] == 7
@@ -329,18 +329,23 @@ def test_file_without_trees(tmp_path: Path) -> None:
     with uproot.recreate(path) as file:
         file["h"] = np.histogram(np.arange(4), bins=2)
     assert inspect_file(path)["trees"] == []
-    assert "no TTree in this file" in format_report(inspect_file(path))
-    with pytest.raises(DataError, match=r"has no TTree \(it holds: h \(TH1D\)\)"):
+    assert "no TTree or RNTuple in this file" in format_report(inspect_file(path))
+    with pytest.raises(DataError, match=r"has no TTree or RNTuple \(it holds: h \(TH1D\)\)"):
         inspect_file(path, tree="Events")
 
 
-def test_rntuple_is_named_as_such(tmp_path: Path) -> None:
-    path = tmp_path / "rntuple.root"
-    with uproot.recreate(path) as file:
-        file["Events"] = {"x": np.arange(3)}
-    with pytest.raises(DataError) as info:
-        inspect_file(path, tree="Events")
-    assert "'Events' is an RNTuple, not a TTree" in str(info.value)
+def test_rntuple_is_inspected_under_nanoaod_names(tmp_path: Path) -> None:
+    """An RNTuple's collection fields show as NanoAOD branches (nJet, Jet_pt) with their
+    multiplicities, as datasets read them."""
+    generate_sample(tmp_path, 2000, format="rntuple")
+    info = pick_tree(inspect_file(tmp_path / "signal.root"))
+    assert info["kind"] == "RNTuple" and info["entries"] == 1000
+    branches = {b["name"]: b for b in info["branches"]}
+    assert branches["Jet_pt"]["jagged"] and branches["Jet_pt"]["counter"] == "nJet"
+    assert branches["nJet"]["is_counter"] and not branches["MET_pt"]["jagged"]
+    assert branches["Jet_pt"]["multiplicity"]["max"] >= 1
+    shown = format_report(inspect_file(tmp_path / "signal.root"))
+    assert "RNTuple 'Events': 1,000 entries" in shown
 
 
 @pytest.mark.xrootd

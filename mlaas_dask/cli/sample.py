@@ -10,7 +10,8 @@ from pathlib import Path
 from mlaas_dask.errors import MlaasError
 
 EPILOG = """\
-The files hold one TTree 'Events' each, with NanoAOD branch names: run, luminosityBlock,
+The files hold one TTree 'Events' each (or an RNTuple: --format rntuple), with NanoAOD
+branch names: run, luminosityBlock,
 event; nJet + Jet_pt/eta/phi/mass/btagDeepB (jets sorted by falling pt); nMuon + Muon_*,
 nElectron + Electron_* (pt/eta/phi/charge); MET_pt, MET_phi, PV_npvs, genWeight.
 Signal is ttH/ttbar-like (more jets, more b-tags, harder jets and MET), background is
@@ -23,6 +24,8 @@ examples:
       benchmark input: 8 files, fast to read
   mlaas sample --out data/sample --events 200k --seed 7 --overwrite
       other random events, replacing the files already there
+  mlaas sample --out data/rntuple --events 200k --format rntuple
+      the same events as RNTuples (fields Jet.pt, ...; jobs read them as nJet, Jet_pt)
 """
 
 _SUFFIXES = {"k": 1_000, "m": 1_000_000, "g": 1_000_000_000}
@@ -51,6 +54,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "(default: %(default)s)")
     parser.add_argument("--signal-fraction", type=float, default=0.5, metavar="F",
                         help="fraction of the events that are signal (default: %(default)s)")
+    parser.add_argument("--format", choices=["ttree", "rntuple"], default="ttree",
+                        help="store the events as a TTree or as an RNTuple, the HL-LHC "
+                        "format (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace files that already exist (otherwise refuse)")
     parser.set_defaults(run=run)
@@ -83,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     paths = generate_sample(
         args.out, events, seed=args.seed, compression=args.compression,
         files_per_class=args.files_per_class, signal_fraction=args.signal_fraction,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, format=args.format,
     )
     seconds = time.perf_counter() - start
     print(f"Wrote {events:,} events in {seconds:.1f} s ({events / seconds:,.0f} events/s):")

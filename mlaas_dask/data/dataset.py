@@ -40,7 +40,7 @@ from mlaas_dask.data.remote import (
     read_range,
     with_fallback,
 )
-from mlaas_dask.data.rootio import find_tree, object_classes
+from mlaas_dask.data.rootio import branch_names, branch_types, find_tree, object_classes
 from mlaas_dask.errors import DataError, did_you_mean, first_line
 
 
@@ -488,14 +488,9 @@ def _read_metadata(path: str, url: str, group: int, tree: str, branches: Sequenc
         _check_size(handle)
         find_tree(object_classes(handle), tree, shown, by_base_name=False)
         try:
-            ttree = handle[tree]
-            available = list(ttree.keys(recursive=True))
-            types: dict[str, str] = {}
-            jagged: dict[str, bool] = {}
-            for branch in branches:
-                if branch in available:
-                    types[branch] = ttree[branch].typename
-                    jagged[branch] = _is_jagged(ttree[branch])
+            ttree = handle[tree]  # a TTree or an RNTuple
+            available = branch_names(ttree)
+            types, jagged = branch_types(ttree, branches)
             entries = int(ttree.num_entries)
         except Exception as err:
             from mlaas_dask.data.remote import classify
@@ -526,13 +521,6 @@ def _credential_kinds() -> dict[str, bool]:
     from mlaas_dask.data.credentials import bearer_token, proxy_path
 
     return {"x509_proxy": proxy_path() is not None, "bearer_token": bearer_token() is not None}
-
-
-def _is_jagged(branch: Any) -> bool:
-    import uproot
-
-    interpretation = branch.interpretation
-    return isinstance(interpretation, uproot.interpretation.jagged.AsJagged | uproot.AsObjects)
 
 
 def _described(err: BaseException) -> str:

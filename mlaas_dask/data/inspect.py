@@ -17,7 +17,15 @@ from typing import Any
 
 from mlaas_dask.data.multiplicity import multiplicity_stats, objects_to_keep
 from mlaas_dask.data.remote import ReadPolicy, open_root
-from mlaas_dask.data.rootio import TREE_CLASSES, find_tree, object_classes, tree_names
+from mlaas_dask.data.rootio import (
+    TREE_CLASSES,
+    find_tree,
+    is_rntuple,
+    object_classes,
+    read_entries,
+    rntuple_fields,
+    tree_names,
+)
 from mlaas_dask.errors import DataError, MlaasError, did_you_mean, first_line
 from mlaas_dask.outputs import short_size
 
@@ -154,7 +162,7 @@ def format_report(report: dict[str, Any], tree: str | None = None) -> str:
     size = report.get("size_bytes")
     lines = [f"{report['path']}" + (f"  ({short_size(size)})" if size is not None else "")]
     if not report["trees"]:
-        lines.append("  no TTree in this file")
+        lines.append("  no TTree or RNTuple in this file")
     for info in report["trees"]:
         lines.append("")
         lines.extend(_format_tree(info))
@@ -298,6 +306,8 @@ def _report(file: Any, location: str | Path, tree: str | None,
 
 def _tree_report(file: Any, name: str, sample_events: int) -> dict[str, Any]:
     tree = file[name]
+    if is_rntuple(tree):
+        return _rntuple_report(file, tree, name, sample_events)
     entries = int(tree.num_entries)
     sampled = min(entries, sample_events)
     branches = [_branch_info(tree, key, branch) for key, branch in
@@ -310,12 +320,40 @@ def _tree_report(file: Any, name: str, sample_events: int) -> dict[str, Any]:
             info["multiplicity"] = stats.get(info["counter"] or info["name"])
     return {
         "name": name,
+        "kind": "TTree",
         "title": str(tree.title),
         "entries": entries,
         "compression": _compression(file, tree),
         "sampled_events": sampled,
         "branches": branches,
     }
+
+
+def _rntuple_report(file: Any, ntuple: Any, name: str, sample_events: int) -> dict[str, Any]:
+    """:func:`_tree_report` of an RNTuple: its fields in NanoAOD naming (a collection
+    ``Jet`` as ``nJet`` + ``Jet_pt``...), as datasets read them."""
+    import awkward as ak
+
+    entries = int(ntuple.num_entries)
+    sampled = min(entries, sample_events)
+    fields = rntuple_fields(ntuple)
+    branches = [{"name": b, "type": f["type"], "title": "", "jagged": f["jagged"],
+                 "counter": f["counter"], "is_counter": f.get("counts") is not None,
+                 "multiplicity": None} for b, f in fields.items()]
+    stats: dict[str, Any] = {}
+    for info in branches:
+        key = info["counter"] or info["name"]
+        if info["jagged"] and key not in stats and sampled:
+            values = read_entries(ntuple, [info["name"]], 0, sampled)[info["name"]]
+            stats[key] = multiplicity_stats(ak.to_numpy(ak.num(values, axis=1)))
+        if info["jagged"]:
+            info["multiplicity"] = stats.get(key)
+    code = int(file.file.fCompress)
+    compression = ({"algorithm": "none", "level": 0} if code % 100 == 0 else
+                   {"algorithm": _ALGORITHM_CODES.get(code // 100, "zlib"), "level": code % 100})
+    return {"name": name, "kind": "RNTuple", "title": str(ntuple.description or ""),
+            "entries": entries, "compression": compression, "sampled_events": sampled,
+            "branches": branches}
 
 
 def _branch_info(tree: Any, key: str, branch: Any) -> dict[str, Any]:
@@ -409,7 +447,7 @@ def pick_tree(report: dict[str, Any], tree: str | None = None) -> dict[str, Any]
     most entries (then the most branches): usually the event tree."""
     trees = report["trees"]
     if not trees:
-        raise DataError(f"{report['path']} has no TTree to suggest features for.",
+        raise DataError(f"{report['path']} has no TTree or RNTuple to suggest features for.",
                         file=report["path"])
     if tree is None:
         return max(trees, key=lambda t: (t["entries"], len(t["branches"])))
@@ -446,7 +484,7 @@ def _flat_choice(branch: dict[str, Any], skipped: dict[str, list[str]]) -> bool:
     elif lowered in _ID_BRANCHES:
         reason = "event ids"
     elif "weight" in lowered:
-        reason = "weights (use the dataset's weight: key)"
+        reason = "weights (a per-event weight: dataset.weight_branch)"
     elif lowered.startswith(_TRUTH_PREFIXES):
         reason = "generator-level truth"
     if reason is not None:
@@ -526,8 +564,8 @@ def _format_tree(info: dict[str, Any]) -> list[str]:
                                         if compression["algorithm"] != "none" else "")
     n_jagged = sum(b["jagged"] for b in info["branches"])
     lines = [
-        f"TTree {info['name']!r}: {info['entries']:,} entries, {len(info['branches'])} "
-        f"branches ({n_jagged} jagged), compression {codec}",
+        f"{info.get('kind', 'TTree')} {info['name']!r}: {info['entries']:,} entries, "
+        f"{len(info['branches'])} branches ({n_jagged} jagged), compression {codec}",
     ]
     if n_jagged:
         lines.append(f"  multiplicities from the first {info['sampled_events']:,} entries")

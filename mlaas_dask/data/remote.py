@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from mlaas_dask.data.credentials import bearer_token, scrub, ssl_context
+from mlaas_dask.data.rootio import read_entries
 from mlaas_dask.errors import DataError, first_line
 
 T = TypeVar("T")
@@ -491,8 +492,7 @@ def read_range(places: Sequence[str], tree: str, branches: Sequence[str], start:
                 raise ReplicaMismatch(
                     f"this copy's tree {tree!r} has {ttree.num_entries} entries, not "
                     f"{entries} as when the dataset was opened")
-            return ttree.arrays(list(branches), entry_start=start, entry_stop=stop,
-                                library="ak")
+            return read_entries(ttree, branches, start, stop)  # a TTree or an RNTuple
 
     return with_fallback(places, action, policy, what)
 

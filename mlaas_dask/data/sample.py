@@ -33,6 +33,9 @@ from mlaas_dask.errors import DataError, MlaasError, did_you_mean
 
 TREE_NAME = "Events"
 CLASSES = ("signal", "background")
+#: how the events are stored: a TTree, or an RNTuple (collections as fields ``Jet.pt``...,
+#: read back under the same branch names)
+FORMATS = ("ttree", "rntuple")
 #: events per ``TTree.extend`` call (one basket per branch); also the unit of the random
 #: streams, so the content of a file depends only on the seed and the event counts.
 CHUNK_EVENTS = 100_000
@@ -152,10 +155,12 @@ def generate_sample(
     files_per_class: int = 1,
     signal_fraction: float = 0.5,
     overwrite: bool = False,
+    format: str = "ttree",  # noqa: A002 - the name of the CLI option
 ) -> dict[str, list[Path]]:
     """Write a signal and a background sample as NanoAOD-style ROOT files.
 
-    Each file holds one TTree named ``Events`` (see the module docstring for its branches).
+    Each file holds one TTree (or RNTuple) named ``Events`` (see the module docstring for
+    its branches).
     Files are written under hidden temporary names and renamed only when all of them are
     complete, so a failed or interrupted run leaves no complete-looking file behind.
 
@@ -175,6 +180,9 @@ def generate_sample(
         Fraction of ``events`` that are signal.
     overwrite
         Replace existing files instead of refusing to touch them.
+    format
+        ``ttree`` or ``rntuple`` (the same events; an RNTuple's collections are fields
+        ``Jet`` with subfields ``pt``... that datasets read as ``nJet``, ``Jet_pt``...).
 
     Returns
     -------
@@ -187,6 +195,10 @@ def generate_sample(
         For invalid arguments, or when a file exists and ``overwrite`` is false.
     """
     codec = parse_compression(compression)
+    if format not in FORMATS:
+        raise MlaasError(f"Unknown sample format {format!r}."
+                         + did_you_mean(str(format), FORMATS, "formats")
+                         + f" Use one of {', '.join(FORMATS)}.")
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise MlaasError(f"The seed must be a non-negative whole number, not {seed!r}.")
     counts = event_counts(events, signal_fraction, files_per_class)
@@ -199,7 +211,7 @@ def generate_sample(
         for file_index, (path, n) in enumerate(zip(paths[name], counts[name], strict=True)):
             jobs.append((path, name, class_id, file_index, n, first))
             first += n
-    _write_all(jobs, codec, int(seed))
+    _write_all(jobs, codec, int(seed), format)
     return paths
 
 
@@ -270,7 +282,8 @@ class _Cancelled(Exception):
     """Another file of the same sample failed or the run was interrupted."""
 
 
-def _write_all(jobs: list[tuple[Any, ...]], codec: Any, seed: int) -> None:
+def _write_all(jobs: list[tuple[Any, ...]], codec: Any, seed: int,
+               format: str = "ttree") -> None:  # noqa: A002
     """Write every file under a temporary name, then rename them all: a failure or an
     interruption leaves none of the sample's files behind, and none half-written.
 
@@ -282,7 +295,7 @@ def _write_all(jobs: list[tuple[Any, ...]], codec: Any, seed: int) -> None:
     def write(temporary: Path, name: str, class_id: int, file_index: int, n: int,
               first: int) -> None:
         chunks = _chunks(name, class_id, file_index, n, first, seed)
-        _write_file(temporary, chunks, codec, f"mlaas_dask sample: {name}", cancel)
+        _write_file(temporary, chunks, codec, f"mlaas_dask sample: {name}", cancel, format)
 
     workers = max(1, min(len(jobs), os.cpu_count() or 1))
     try:
@@ -311,21 +324,27 @@ def _temporary_name(path: Path) -> Path:
 
 
 def _write_file(path: Path, chunks: Iterator[dict[str, Any]], codec: Any, title: str,
-                cancel: threading.Event) -> None:
+                cancel: threading.Event, format: str = "ttree") -> None:  # noqa: A002
     import uproot
 
     with uproot.recreate(path, compression=codec) as file:
-        tree = file.mktree(TREE_NAME, _branch_types(), title=title)
+        tree = None
         for chunk in chunks:
             if cancel.is_set():
                 raise _Cancelled(path)
+            if tree is None and format == "rntuple":  # its fields' types from the data
+                tree = file.mkrntuple(TREE_NAME, chunk, description=title)
+                continue
+            if tree is None:
+                tree = file.mktree(TREE_NAME, _branch_types(), title=title)
             tree.extend(chunk)
 
 
 def _chunks(name: str, class_id: int, file_index: int, n_events: int, first: int,
             seed: int) -> Iterator[dict[str, Any]]:
-    """Chunks of one file; ``first`` is the index of its first event within the class."""
-    for chunk_index, start in enumerate(range(0, n_events, CHUNK_EVENTS)):
+    """Chunks of one file; ``first`` is the index of its first event within the class. An
+    empty file has one empty chunk (an RNTuple takes its fields' types from the data)."""
+    for chunk_index, start in enumerate(range(0, max(n_events, 1), CHUNK_EVENTS)):
         size = min(CHUNK_EVENTS, n_events - start)
         rng = np.random.default_rng([seed, class_id, file_index, chunk_index])
         yield _as_branches(_generate_events(rng, name, size), class_id, first + start)
