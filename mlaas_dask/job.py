@@ -73,7 +73,7 @@ GROUP_SCHEMA = {
 }
 
 DATASET_SCHEMA = {
-    "tree": Field((str,), "the TTree name", default="Events"),
+    "tree": Field((str,), "the TTree (or RNTuple) name", default="Events"),
     "groups": Field((list,), "file groups with labels", required=True,
                     items=Field((dict,), "a file group", schema=GROUP_SCHEMA)),
     "cut": Field((str,), "a selection, e.g. 'nJet >= 2 and MET_pt > 20'",
@@ -543,3 +543,19 @@ def _resolve(location: str, base: Path) -> str:
     if "://" in location or Path(location).is_absolute():
         return location
     return str((base / location).resolve())
+
+
+JOB_REFERENCE_INTRO = """\
+Every key a job file (`mlaas train JOB.yaml`) may hold, generated from the schema that
+validates it (`mlaas reference` prints this; `mlaas reference model` one section).
+Relative paths resolve against the job file's folder. `[]` marks the keys of each item
+of a list (`dataset.groups[].name`), `<name>` a key you choose
+(`features.collections.<name>.fields`, e.g. `features.collections.Jet.fields`)."""
+
+
+def job_reference(section: str | None = None) -> str:
+    """The job file's reference (Markdown), from :data:`JOB_SCHEMA`; ``section`` (a
+    dotted key such as ``model`` or ``dataset.groups``) keeps only that part."""
+    from mlaas_dask.reference import reference
+
+    return reference(JOB_SCHEMA, "Job file reference", JOB_REFERENCE_INTRO, section)

@@ -21,8 +21,10 @@ from mlaas_dask.cli import main
 from mlaas_dask.data.inspect import (
     format_report,
     inspect_file,
+    inspect_files,
     multiplicity_stats,
     pick_tree,
+    suggest,
     suggest_features,
 )
 from mlaas_dask.data.sample import generate_sample
@@ -434,3 +436,53 @@ def test_cli_help_teaches(capsys: pytest.CaptureFixture[str]) -> None:
         main(["inspect", "--help"])
     out = capsys.readouterr().out
     assert "examples:" in out and "--tree" in out and "--json" in out
+
+
+# -- several files --------------------------------------------------------------------------
+
+
+def test_several_files_merge_multiplicities_and_list_each_file(tmp_path: Path) -> None:
+    generate_sample(tmp_path, 8000, files_per_class=2)
+    paths = sorted(tmp_path.glob("*.root"))
+    single = {p.name: branch(inspect_file(p, sample_events=1500), "Jet_pt")["multiplicity"]
+              for p in paths}
+    report = inspect_files([str(tmp_path / "*.root")], sample_events=1500)
+    assert report["files"] == [str(p) for p in paths]
+    merged = branch(report, "Jet_pt")["multiplicity"]
+    assert merged["p95"] == max(m["p95"] for m in single.values())
+    assert merged["max"] == max(m["max"] for m in single.values())
+    assert pick_tree(report)["entries"] == 8000
+    rows = {Path(r["path"]).name: r for r in report["per_file"]}
+    assert set(rows) == {p.name for p in paths}
+    assert rows["signal_000.root"]["multiplicity"]["nJet"] == single["signal_000.root"]
+    text = format_report(report)
+    assert "Per file (4 files):" in text and "nJet mean/p95/max" in text
+    assert "multiplicities from 6,000 entries of 4 files" in text
+    assert suggest_features(report)["collections"]["Jet"]["n"] == math.ceil(merged["p95"])
+
+
+def test_several_files_from_the_command_line(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    generate_sample(tmp_path, 2000)
+    assert main(["inspect", str(tmp_path / "signal.root"), str(tmp_path / "background.root"),
+                 "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [Path(r["path"]).name for r in shown["per_file"]] == ["signal.root",
+                                                                 "background.root"]
+    assert main(["inspect", str(tmp_path / "nothing*.root")]) == 2
+    assert "No file matches" in capsys.readouterr().err
+
+
+def test_a_file_without_the_first_files_tree_is_named(tmp_path: Path) -> None:
+    generate_sample(tmp_path, 1000)
+    other = tmp_path / "other.root"
+    with uproot.recreate(other) as file:
+        write_tree(file, "Tree", {"x": np.arange(5, dtype=np.float64)})
+    with pytest.raises(DataError, match=r"other.root has no tree 'Events'"):
+        inspect_files([tmp_path / "signal.root", other])
+
+
+def test_event_weight_hint_names_weight_branch(hep_tutorial: Path) -> None:
+    _, skipped = suggest(inspect_file(hep_tutorial / "zz.root"))
+    assert any("dataset.weight_branch" in reason and "EventWeight" in names
+               for reason, names in skipped.items())

@@ -28,6 +28,7 @@ COMMANDS = {
     "serve": "serve",
     "bench": "bench",
     "cluster": "cluster",
+    "reference": "reference",
 }
 
 DESCRIPTION = """\

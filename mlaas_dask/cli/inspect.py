@@ -1,4 +1,4 @@
-"""``mlaas inspect``: trees, branches, multiplicities and a features block for a ROOT file."""
+"""``mlaas inspect``: trees, branches, multiplicities and a features block for ROOT files."""
 
 from __future__ import annotations
 
@@ -6,16 +6,18 @@ import argparse
 import json
 
 EPILOG = """\
-For every TTree (subdirectories included): entries, compression, and per branch its type,
+For every TTree or RNTuple (subdirectories included): entries, compression, and per branch its type,
 whether it is jagged (a list per event) and its counter branch. For jagged branches, the
 number of objects per event over the first entries: mean, 95th / 99th percentile, maximum.
 The output ends with a suggested 'features:' block: numeric flat branches (without event
 ids, weights, truth and trigger bits) and one collection per Prefix_ group of jagged
 branches, padded to the 95th percentile of its multiplicity. Review it and paste it into
-your job file.
+your job file. With several files (or a glob), the first file's trees are shown with
+entries summed and multiplicities merged over all files, then one line per file.
 
 examples:
   mlaas inspect data/sample/signal.root
+  mlaas inspect 'data/sample/*.root'       several files: merged, then one line per file
   mlaas inspect nanoaod.root --tree Events --sample-events 10000
   mlaas inspect root://eospublic.cern.ch//eos/opendata/cms/.../file.root --json > schema.json
 """
@@ -30,7 +32,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("file", metavar="FILE_OR_URL", help="ROOT file path or URL")
+    parser.add_argument("files", nargs="+", metavar="FILE_OR_URL",
+                        help="ROOT file paths, globs or URLs (several: merged multiplicities "
+                        "and one line per file)")
     parser.add_argument("--tree", metavar="NAME",
                         help="only this tree (default: every TTree in the file)")
     parser.add_argument("--json", action="store_true",
@@ -42,9 +46,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from mlaas_dask.data.inspect import format_report, inspect_file, pick_tree, suggest_features
+    from mlaas_dask.data.inspect import (
+        format_report,
+        inspect_files,
+        pick_tree,
+        suggest_features,
+    )
 
-    report = inspect_file(args.file, tree=args.tree, sample_events=args.sample_events)
+    report = inspect_files(args.files, tree=args.tree, sample_events=args.sample_events)
     if not args.json:
         print(format_report(report, tree=args.tree), end="")
         return 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import struct
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,92 @@ def inspect_file(path_or_url: str | os.PathLike[str], tree: str | None = None,
         file.close()
 
 
+def inspect_files(locations: Sequence[str | os.PathLike[str]], tree: str | None = None,
+                  sample_events: int = DEFAULT_SAMPLE_EVENTS) -> dict[str, Any]:
+    """:func:`inspect_file` over several files or globs (local or ``root://``): the
+    first file's report, with entries summed and multiplicities merged over every file
+    (mean weighted by the sampled events; p95, p99 and max the largest of any file), plus
+    one line per file (``per_file``: path, entries, and per counter ``mean``, ``p95``,
+    ``max``) to see a sample that differs from the others.
+
+    Raises
+    ------
+    DataError
+        For a glob that matches nothing, a file that cannot be read (naming it), or files
+        whose chosen tree differs in branches.
+    """
+    from mlaas_dask.data.dataset import expand
+
+    paths = [p for location in locations for p in expand(os.fspath(location), "", _POLICY)]
+    reports = [inspect_file(p, tree=tree, sample_events=sample_events) for p in paths]
+    if len(reports) == 1:
+        return reports[0]
+    first = reports[0]
+    if not first["trees"]:
+        return {**first, "files": paths, "per_file": []}
+    name = pick_tree(first, tree)["name"]
+    chosen = [_tree_named(r, name) for r in reports]
+    merged = {**chosen[0], "entries": sum(t["entries"] for t in chosen),
+              "sampled_events": sum(t["sampled_events"] for t in chosen),
+              "sampled_files": len(chosen),
+              "branches": [_merged_branch(b, chosen) for b in chosen[0]["branches"]]}
+    per_file = [{"path": r["path"], "entries": t["entries"],
+                 "multiplicity": {b["counter"] or b["name"]: b["multiplicity"]
+                                  for b in t["branches"] if b.get("multiplicity")}}
+                for r, t in zip(reports, chosen, strict=True)]
+    return {**first, "path": f"{len(paths)} files ({first['path']}, ...)",
+            "size_bytes": sum(r.get("size_bytes") or 0 for r in reports),
+            "trees": [merged], "files": paths, "per_file": per_file}
+
+
+def _tree_named(report: dict[str, Any], name: str) -> dict[str, Any]:
+    for info in report["trees"]:
+        if info["name"] == name:
+            return info
+    raise DataError(f"{report['path']} has no tree {name!r}, which the first file has."
+                    + did_you_mean(name, [t["name"] for t in report["trees"]], "trees")
+                    + " Inspect files of one dataset together, or give --tree.",
+                    file=str(report["path"]), tree=name)
+
+
+def _merged_branch(branch: dict[str, Any], trees: list[dict[str, Any]]) -> dict[str, Any]:
+    if not branch.get("multiplicity"):
+        return branch
+    found = []
+    for info in trees:
+        same = next((b for b in info["branches"] if b["name"] == branch["name"]), None)
+        if same is None:
+            raise DataError(f"Branch {branch['name']!r} is missing from a file of the "
+                            f"set (tree {info['name']!r}); inspect files of one dataset "
+                            "together.", branch=branch["name"])
+        if same.get("multiplicity"):
+            found.append((same["multiplicity"], info["sampled_events"]))
+    events = sum(n for _, n in found) or 1
+    stats = {"mean": sum(m["mean"] * n for m, n in found) / events}
+    for key in ("p95", "p99", "max"):
+        stats[key] = max(m[key] for m, _ in found)
+    return {**branch, "multiplicity": stats}
+
+
+def format_per_file(report: dict[str, Any]) -> list[str]:
+    """The per-file lines of an :func:`inspect_files` report (empty for one file)."""
+    rows = report.get("per_file") or []
+    if not rows:
+        return []
+    counters = sorted({c for row in rows for c in row["multiplicity"]})
+    width = max(len(str(row["path"])) for row in rows)
+    head = "".join(f"  {c + ' mean/p95/max':>22}" for c in counters)
+    lines = [f"Per file ({len(rows)} files):", f"  {'file':<{width}}  {'entries':>11}{head}"]
+    for row in rows:
+        cells = ""
+        for counter in counters:
+            m = row["multiplicity"].get(counter)
+            text = f"{m['mean']:.2f}/{m['p95']:g}/{m['max']:g}" if m else "-"
+            cells += f"  {text:>22}"
+        lines.append(f"  {row['path']!s:<{width}}  {row['entries']:>11,}{cells}")
+    return lines
+
+
 def suggest_features(report: dict[str, Any], tree: str | None = None) -> dict[str, Any]:
     """A ``features:`` block for a job file, from an :func:`inspect_file` report.
 
@@ -169,6 +255,9 @@ def format_report(report: dict[str, Any], tree: str | None = None) -> str:
     if report.get("other_objects"):
         listing = ", ".join(f"{k} ({v})" for k, v in report["other_objects"].items())
         lines.extend(["", f"Other objects: {listing}"])
+    if report.get("per_file"):
+        lines.append("")
+        lines.extend(format_per_file(report))
     if report["trees"]:
         lines.append("")
         lines.extend(_format_suggestion(pick_tree(report, tree)))
@@ -568,7 +657,13 @@ def _format_tree(info: dict[str, Any]) -> list[str]:
         f"{len(info['branches'])} branches ({n_jagged} jagged), compression {codec}",
     ]
     if n_jagged:
-        lines.append(f"  multiplicities from the first {info['sampled_events']:,} entries")
+        if info.get("sampled_files"):
+            lines.append(f"  multiplicities from {info['sampled_events']:,} entries of "
+                         f"{info['sampled_files']} files (mean over all; p95, p99, max: "
+                         "the largest of any file)")
+        else:
+            lines.append(f"  multiplicities from the first {info['sampled_events']:,} "
+                         "entries")
     width = min(max([len(b["name"]) for b in info["branches"]] + [6]), _NAME_COLUMN)
     type_width = min(max([len(b["type"]) for b in info["branches"]] + [4]), _TYPE_COLUMN)
     kinds = [_jagged_column(b) for b in info["branches"]]
