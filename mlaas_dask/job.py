@@ -21,7 +21,7 @@ from mlaas_dask.config import (
     positive,
 )
 from mlaas_dask.data.multiplicity import DEFAULT_QUANTILE
-from mlaas_dask.errors import ConfigError, FeatureError
+from mlaas_dask.errors import ConfigError, FeatureError, did_you_mean
 from mlaas_dask.features import FeatureSpec
 
 
@@ -84,6 +84,9 @@ DATASET_SCHEMA = {
                           "instead of one label per group"),
     "classes": Field((list,), "class names for label_branch values 0, 1, ...",
                      items=Field((str,), "a class name")),
+    "signal": Field((str,), "the signal of a binary job: a class name (a group's label) or "
+                    "a group name; the score is P(signal). Needed when the two labels are "
+                    "names and neither is 'signal'; with labels 1/0 the signal is 1"),
     "id_branches": Field((list,), "branches identifying an event (split, predictions)",
                          default=["run", "luminosityBlock", "event"],
                          items=Field((str,), "a branch name")),
@@ -252,6 +255,8 @@ class DatasetConfig:
     tree: str = "Events"
     label_branch: str | None = None
     class_names: list[str] | None = None
+    #: the signal class of a binary job with named labels (the score is P(signal))
+    signal: str | None = None
     cut: str | None = None
     weight_branch: str | None = None
     step_size: int = 500_000
@@ -288,7 +293,8 @@ class DatasetConfig:
     def classes(self) -> list[str]:
         """Class names in label order: integer labels sort numerically and are named by
         their groups ('background', 'signal' for 0/1 when unnamed); string labels sort in
-        order of first appearance. With a label branch, the configured class names."""
+        order of first appearance, except that a binary job's signal comes last (index 1:
+        the score is P(signal)). With a label branch, the configured class names."""
         if self.label_branch:
             return list(self.class_names or ["background", "signal"])
         labels = [g.label for g in self.groups]
@@ -300,7 +306,10 @@ class DatasetConfig:
             if ordered == [0, 1]:
                 return ["background", "signal"]
             return [str(names[x]) for x in ordered]
-        return [str(x) for x in dict.fromkeys(labels)]
+        named = [str(x) for x in dict.fromkeys(labels)]
+        if self.signal is not None and len(named) == 2 and self.signal in named:
+            return [n for n in named if n != self.signal] + [self.signal]
+        return named
 
     def label_index(self, group: FileGroup) -> int:
         if self.label_branch:
@@ -308,7 +317,7 @@ class DatasetConfig:
         labels = [g.label for g in self.groups]
         if all(isinstance(x, int) for x in labels):
             return sorted(set(labels)).index(group.label)
-        return list(dict.fromkeys(str(x) for x in labels)).index(str(group.label))
+        return self.classes.index(str(group.label))
 
 
 @dataclass
@@ -422,6 +431,59 @@ def _group_files(g: dict[str, Any], where: tuple[Any, ...], validator: Validator
                               "(paths, globs, URLs) or 'file_list' (a text file).")
 
 
+def _check_labels(groups: list[FileGroup], validator: Validator) -> None:
+    """Every group's label is a number, or every one a name: mixed, a number would be read
+    as a name (``1`` next to ``ttbar``) and silently make a class of its own."""
+    numbers = [i for i, g in enumerate(groups) if isinstance(g.label, int)]
+    names = [i for i, g in enumerate(groups) if isinstance(g.label, str)]
+    if numbers and names:
+        a, b = groups[numbers[0]], groups[names[0]]
+        raise validator.error(("dataset", "groups", numbers[0], "label"),
+                              f"group {a.name!r} has the label {a.label} (a number) but "
+                              f"group {b.name!r} has {b.label!r} (a name); give every group "
+                              "a name (label: ttH) or every group a number (label: 1 for "
+                              "signal, 0 for background).")
+
+
+def _signal(config: DatasetConfig, signal: str | None, validator: Validator) -> str | None:
+    """The signal class of a binary job (see ``dataset.signal``); ``None`` where the labels
+    already say it (1/0, a label branch) or the job is multi-class."""
+    where = ("dataset", "signal")
+    classes = config.classes
+    if config.label_branch or len(classes) != 2:
+        if signal is not None:
+            kind = ("with dataset.label_branch the signal is the label value 1"
+                    if config.label_branch else
+                    f"a job with {len(classes)} classes scores each one (score_<class>)")
+            raise validator.error(where, f"dataset.signal is for binary jobs with group "
+                                  f"labels; {kind}. Remove dataset.signal.")
+        return None
+    by_group = {g.name: str(g.label) for g in config.groups}
+    if all(isinstance(g.label, int) for g in config.groups):
+        if signal is None or signal == "signal" or by_group.get(signal) == "1":
+            return None
+        raise validator.error(where, f"dataset.signal is {signal!r}, but label 1 (the "
+                              "signal) belongs to group(s) "
+                              + ", ".join(repr(g.name) for g in config.groups if g.label == 1)
+                              + ". Labels 1/0 already name the signal: remove "
+                              "dataset.signal, or swap the labels.")
+    if signal is None:
+        plain = [c for c in classes if c.lower() == "signal"]
+        if len(plain) == 1:
+            return plain[0]
+        raise validator.error(("dataset", "groups"), f"this binary job's classes are "
+                              f"{classes[0]!r} and {classes[1]!r}: which one is the signal? "
+                              f"Add 'signal: {classes[0]}' (or '{classes[1]}') under dataset; "
+                              "the score is P(signal).")
+    chosen = signal if signal in classes else by_group.get(signal)
+    if chosen is None:
+        raise validator.error(where, f"dataset.signal is {signal!r}, which is neither a "
+                              "class nor a group of this job."
+                              + did_you_mean(signal, [*classes, *by_group], "names")
+                              + f" Give one of the classes {classes[0]!r}, {classes[1]!r}.")
+    return chosen
+
+
 def job_from_dict(data: Any, validator: Validator, base: Path, *, events: bool = False) -> Job:
     """Validate an already parsed job mapping."""
     if data is None:
@@ -463,9 +525,11 @@ def job_from_dict(data: Any, validator: Validator, base: Path, *, events: bool =
             raise validator.error(("dataset", "groups", i), f"group {group.name!r} has no "
                                   "label; give 'label: 0/1/name', or set "
                                   "dataset.label_branch to read labels from a branch.")
+    _check_labels(groups, validator)
     if len(set(dataset_config.classes)) < 2:
         raise validator.error(("dataset", "groups"), "all groups have the same label "
                               f"{groups[0].label!r}; a classifier needs at least two classes.")
+    dataset_config.signal = _signal(dataset_config, dataset["signal"], validator)
     try:
         features = FeatureSpec.from_dict(clean["features"])
     except FeatureError as err:

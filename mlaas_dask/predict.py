@@ -3,7 +3,8 @@
 Every partition is scored on the cluster through the bundle's FeatureSpec (the training
 code); the per-event scores come back with the event ids and are written as
 
-- ``scores.parquet``: file, entry, the id branches, one score column per output;
+- ``scores.parquet``: file, entry, the id branches, one score column per output
+  (``score`` = P(signal) for a binary bundle, ``score_<class>`` for multi-class);
 - ``<file stem>.scores.root``: one per input file, a tree of the same name with the score
   branches, entry for entry -- usable as a friend tree (``tree.AddFriend``);
 - ``predict.json``: the bundle, the inputs, the event count and the names of the files
