@@ -21,7 +21,7 @@ def job_text(groups: list[tuple[str, str, str]], signal: str | None = None,
              folder: str = ".") -> str:
     listed = "".join(f"    - {{name: {name}, files: [{folder}/{file}], label: {label}}}\n"
                      for name, file, label in groups)
-    return (f"dataset:\n  tree: events\n  id_branches: []\n  step_size: 2000\n"
+    return ("dataset:\n  tree: events\n  id_branches: []\n  step_size: 2000\n"
             + (f"  signal: {signal}\n" if signal else "") + f"  groups:\n{listed}"
             "features:\n  flat: [MET_px, MET_py, NPrimaryVertices]\n"
             "  collections:\n    Jet: {fields: [E, btag], n: 3}\n"
