@@ -43,6 +43,9 @@ class MatrixStats(TypedDict, total=False):
     events_per_class: dict[str, list[int]]
     weight_per_class: dict[str, list[float]]
     nonfinite_inputs: dict[str, int]
+    #: ``{"negative_weights": policy, "per_split": {split: {"negative": n, "zero": n}}}``
+    #: (counted before the policy; mlaas_dask.train.weights)
+    weights: dict[str, Any]
     read_report: ReadReport
 
 

@@ -79,6 +79,11 @@ DATASET_SCHEMA = {
     "cut": Field((str,), "a selection, e.g. 'nJet >= 2 and MET_pt > 20'",
                  check=_expression),
     "weight_branch": Field((str,), "a per-event weight branch, e.g. genWeight"),
+    "negative_weights": Field((str,), "what negative event weights (NLO samples) become in "
+                              "the training and validation splits: abs (train with |w|), "
+                              "keep (signed; not XGBoost), zero, or drop the events; the "
+                              "test split keeps the signed weights for the weighted AUC",
+                              default="abs", choices=("abs", "keep", "zero", "drop")),
     "step_size": Field((int,), "events per partition", default=500_000, check=positive),
     "label_branch": Field((str,), "a branch holding each event's class index (0, 1, ...), "
                           "instead of one label per group"),
@@ -257,6 +262,8 @@ class DatasetConfig:
     class_names: list[str] | None = None
     #: the signal class of a binary job with named labels (the score is P(signal))
     signal: str | None = None
+    #: what negative weights become in training (mlaas_dask.train.weights)
+    negative_weights: str = "abs"
     cut: str | None = None
     weight_branch: str | None = None
     step_size: int = 500_000
@@ -514,7 +521,7 @@ def job_from_dict(data: Any, validator: Validator, base: Path, *, events: bool =
         groups=groups, tree=dataset["tree"], cut=dataset["cut"],
         weight_branch=dataset["weight_branch"], step_size=dataset["step_size"],
         id_branches=list(dataset["id_branches"]), label_branch=dataset["label_branch"],
-        class_names=dataset["classes"],
+        class_names=dataset["classes"], negative_weights=dataset["negative_weights"],
         redirectors=list(dataset["redirectors"]), timeout=dataset["timeout"],
         retries=dataset["retries"], backoff=dataset["backoff"],
         on_error=dataset["on_error"], min_fraction=dataset["min_fraction"],
@@ -545,6 +552,11 @@ def job_from_dict(data: Any, validator: Validator, base: Path, *, events: bool =
         raise validator.error(("split", "validation"), "early stopping needs a validation "
                               "fraction above 0; set model.early_stopping_rounds: 0 to "
                               "train without it.")
+    if model.kind == "xgboost" and dataset_config.negative_weights == "keep":
+        raise validator.error(("dataset", "negative_weights"), "XGBoost cannot train with "
+                              "negative weights (its gradients need weights of 0 or more); "
+                              "use negative_weights: abs (the default), zero or drop, or a "
+                              "network or scikit-learn model for keep.")
     output = (clean["output"] or {}).get("dir") or "bundles/model"
     tune = TuneConfig(**clean["tune"]) if clean["tune"] else None
     return Job(dataset=dataset_config, features=features, model=model, split=split,

@@ -20,6 +20,7 @@ from mlaas_dask.data.remote import ReadFailure, display, failure_record, max_fil
 from mlaas_dask.errors import DataError, FeatureError
 from mlaas_dask.features import Expression, FeatureSpec
 from mlaas_dask.train.split import SPLIT_NAMES, assign_split, file_key
+from mlaas_dask.train.weights import count_signs, training_weights
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class PartitionPlan:
     labels: tuple[int, ...]
     n_classes: int = 2
     label_branch: str | None = None
+    #: what negative weights become in training (mlaas_dask.train.weights)
+    negative_weights: str = "abs"
 
 
 @dataclass
@@ -79,12 +82,20 @@ def process_partition(events: Any, partition: Partition, plan: PartitionPlan) ->
         "stats": {"read": read, "selected": selected, "nonfinite": nonfinite,
                   "group": partition.group},
     }
+    signs = {}
     for index, name in enumerate(SPLIT_NAMES):
         rows = slice(bounds[index], bounds[index + 1])
-        out[name] = (X[rows], y[rows], w[rows])
-        out["stats"][name] = np.bincount(y[rows], minlength=plan.n_classes).tolist()
+        x_split, y_split, w_split = X[rows], y[rows], w[rows]
+        signs[name] = count_signs(w_split)
+        if name != "test":  # the test split keeps the physics weights for the metrics
+            w_split, kept = training_weights(w_split, plan.negative_weights)
+            if kept is not None:
+                x_split, y_split = x_split[kept], y_split[kept]
+        out[name] = (x_split, y_split, w_split)
+        out["stats"][name] = np.bincount(y_split, minlength=plan.n_classes).tolist()
         out["stats"][f"{name}_weight"] = np.bincount(
-            y[rows], weights=w[rows], minlength=plan.n_classes).tolist()
+            y_split, weights=w_split, minlength=plan.n_classes).tolist()
+    out["stats"]["weight_signs"] = signs
     return out
 
 
@@ -466,6 +477,7 @@ def _summarise(stats: list[dict[str, Any]], dataset: Dataset | CollectionDataset
     per_class = {name: [0] * n_classes for name in SPLIT_NAMES}
     weight_per_class = {name: [0.0] * n_classes for name in SPLIT_NAMES}
     nonfinite: dict[str, int] = {}
+    signs = {name: {"negative": 0, "zero": 0} for name in SPLIT_NAMES}
     read = selected = 0
     selected_per_group = [0] * len(dataset.groups)
     for stat in stats:
@@ -478,6 +490,9 @@ def _summarise(stats: list[dict[str, Any]], dataset: Dataset | CollectionDataset
                 weight_per_class[name][label] += stat[f"{name}_weight"][label]
         for branch, count in stat["nonfinite"].items():
             nonfinite[branch] = nonfinite.get(branch, 0) + count
+        for name, counts in stat.get("weight_signs", {}).items():
+            for sign, count in counts.items():
+                signs[name][sign] += count
     if selected == 0:
         raise DataError(
             f"No events pass the selection cut {plan.cut!r} (read {read} events). Loosen the "
@@ -501,6 +516,7 @@ def _summarise(stats: list[dict[str, Any]], dataset: Dataset | CollectionDataset
         "events_per_class": per_class,
         "weight_per_class": weight_per_class,
         "nonfinite_inputs": nonfinite,
+        "weights": {"negative_weights": plan.negative_weights, "per_split": signs},
     }
 
 

@@ -15,6 +15,8 @@ def evaluate(
     """AUC (unweighted and event-weighted) on one split.
 
     Binary models score the second class; multi-class AUC is one-vs-rest, macro-averaged.
+    The weighted AUC (:func:`weighted_auc`) takes zero and negative weights; it is left
+    out only when a class has no total weight.
     """
     from sklearn.metrics import roc_auc_score
 
@@ -24,8 +26,9 @@ def evaluate(
         return out
     if len(classes) == 2:
         out["auc"] = float(roc_auc_score(y, scores))
-        if np.all(w > 0):
-            out["auc_weighted"] = float(roc_auc_score(y, scores, sample_weight=w))
+        weighted = weighted_auc(y, scores, w)
+        if weighted is not None:
+            out["auc_weighted"] = weighted
     else:
         out["auc"] = float(roc_auc_score(y, scores, multi_class="ovr",
                                          labels=list(range(len(classes)))))
@@ -34,6 +37,29 @@ def evaluate(
             if 0 < np.sum(y == i) < len(y)
         }
     return out
+
+
+def weighted_auc(y: np.ndarray, scores: np.ndarray, w: np.ndarray) -> float | None:
+    """The event-weighted AUC of a binary classifier: the weighted fraction of
+    (signal, background) pairs that the score orders right, ties counting one half.
+
+    Unlike scikit-learn's ``roc_auc_score``, which needs a monotonic ROC curve, this takes
+    zero and negative weights (NLO samples): it is the sum over pairs of ``w_s * w_b`` for
+    ``score_s > score_b``, divided by ``W_s * W_b``. ``None`` when either class has a total
+    weight of 0.
+    """
+    y, scores, w = np.asarray(y), np.asarray(scores, np.float64), np.asarray(w, np.float64)
+    signal = y == 1
+    total_s, total_b = w[signal].sum(), w[~signal].sum()
+    if total_s == 0 or total_b == 0:
+        return None
+    order = np.argsort(scores[~signal], kind="stable")
+    background, weights = scores[~signal][order], w[~signal][order]
+    below = np.concatenate([[0.0], np.cumsum(weights)])
+    lower = below[np.searchsorted(background, scores[signal], side="left")]
+    not_above = below[np.searchsorted(background, scores[signal], side="right")]
+    pairs = np.sum(w[signal] * (lower + 0.5 * (not_above - lower)))
+    return float(pairs / (total_s * total_b))
 
 
 def _figure() -> tuple[Any, Any]:
@@ -69,7 +95,7 @@ def roc_png(y: np.ndarray, scores: np.ndarray, classes: Sequence[str], auc: floa
     ax.plot([0, 1], [1, 0], ls=":", color="grey", label="random")
     ax.set_xlabel("signal efficiency (true positive rate)")
     ax.set_ylabel("background rejection (1 - false positive rate)")
-    ax.set_title("ROC on the test split")
+    ax.set_title("ROC on the test split (unweighted events)")
     ax.legend(loc="lower left")
     ax.grid(alpha=0.3)
     return _png(fig)
@@ -88,7 +114,7 @@ def scores_png(y: np.ndarray, scores: np.ndarray, w: np.ndarray, classes: Sequen
     ax.set_xlabel("classifier score" if len(classes) == 2 else "highest class score")
     ax.set_ylabel("normalised events")
     ax.set_yscale("log")
-    ax.set_title("Score distributions on the test split")
+    ax.set_title("Score distributions on the test split (weighted by |w|)")
     ax.legend()
     return _png(fig)
 

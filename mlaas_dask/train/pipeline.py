@@ -225,6 +225,7 @@ def _prepared(job: Job, dataset: Any, where: str) -> Prepared:
         group_weights=tuple(g.weight for g in dataset.groups),
         labels=tuple(g.label for g in dataset.groups),
         n_classes=len(config.classes), label_branch=config.label_branch,
+        negative_weights=config.negative_weights,
     )
     return Prepared(dataset, spec, plan)
 
@@ -360,6 +361,7 @@ def describe_job(job: Job, prepared: Prepared, stats: MatrixStats,
             "events_selected": stats["events_selected"],
             "events_per_class": stats["events_per_class"],
             "nonfinite_inputs": stats["nonfinite_inputs"],
+            "weights": stats.get("weights"),
             "read_report": stats.get("read_report"),
         },
         "split": {"train": job.split.train, "validation": job.split.validation,
