@@ -68,7 +68,8 @@ def by_predict(client: Any, bundle: Path, files: list[str]) -> tuple[float, np.n
                                step_size=STEP, progress=False)
         seconds = time.perf_counter() - start
         table = pq.read_table(result.parquet, columns=["file", "entry", "score"])
-        order = np.lexsort((table["entry"].to_numpy(), table["file"].to_numpy()))
+        files_order = table["file"].combine_chunks().indices.to_numpy()  # dictionary codes
+        order = np.lexsort((table["entry"].to_numpy(), files_order))
         return seconds, table["score"].to_numpy()[order]
     finally:
         shutil.rmtree(out, ignore_errors=True)

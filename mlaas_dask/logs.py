@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import sys
+import time
 from collections.abc import Iterator
-from typing import TextIO
+from typing import Any, TextIO
 
 NAME = "mlaas_dask"
 
@@ -56,3 +58,38 @@ def quiet(enabled: bool = True) -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
+
+
+#: plain progress lines (not a terminal) report every this fraction of the tasks
+PROGRESS_STEP = 0.1
+
+
+def show_progress(futures: list[Any], what: str) -> None:
+    """Wait for ``futures``, showing how many are done.
+
+    In a terminal or a notebook this is distributed's progress bar; elsewhere (a batch
+    job's log, a pipe, CI) a bar redrawn with carriage returns would fill the log with
+    one long line, so plain lines are printed instead: ``what: 4/40 done (10%, 3 s)``,
+    every tenth of the tasks. Failed tasks count as done; their errors come with the
+    results.
+    """
+    if not futures:
+        return
+    from distributed.utils import is_kernel
+
+    stream = sys.stdout
+    if is_kernel() or (hasattr(stream, "isatty") and stream.isatty()):
+        from distributed import progress
+
+        progress(futures)
+        print()
+        return
+    from distributed import as_completed
+
+    total, start = len(futures), time.monotonic()
+    every = max(1, math.ceil(total * PROGRESS_STEP))
+    print(f"{what}: 0/{total} done", flush=True)
+    for done, _ in enumerate(as_completed(futures), 1):
+        if done % every == 0 or done == total:
+            print(f"{what}: {done}/{total} done ({done / total:.0%}, "
+                  f"{time.monotonic() - start:.0f} s)", flush=True)

@@ -3,7 +3,8 @@
 Every partition is scored on the cluster through the bundle's FeatureSpec (the training
 code); the per-event scores come back with the event ids and are written as
 
-- ``scores.parquet``: file, entry, the id branches, one score column per output
+- ``scores.parquet``: file (the input's path), entry, the id branches, one score column
+  per output
   (``score`` = P(signal) for a binary bundle, ``score_<class>`` for multi-class);
 - ``<file stem>.scores.root``: one per input file, a tree of the same name with the score
   branches, entry for entry -- usable as a friend tree (``tree.AddFriend``);
@@ -140,7 +141,8 @@ def _read_and_score(partition: Any, source: Any, model: ModelBundle,
 
 def _score(client: Any, dataset: Any, model: ModelBundle, progress: bool) -> list[dict[str, Any]]:
     from dask import delayed
-    from distributed import progress as progress_bar
+
+    from mlaas_dask.logs import show_progress
 
     model.share_code(client)
     shared = client.scatter(model, broadcast=True)
@@ -151,8 +153,7 @@ def _score(client: Any, dataset: Any, model: ModelBundle, progress: bool) -> lis
     futures = client.compute([task(p, sources[p.file], shared, dataset.optional_present)
                               for p in dataset.partitions])
     if progress:
-        progress_bar(futures)
-        print()
+        show_progress(futures, "Scoring partitions")
     return client.gather(futures)
 
 
@@ -227,8 +228,13 @@ def _write_outputs(tmp: Path, dataset: Any, model: ModelBundle,
         columns["entry"].append(np.arange(partition.start, partition.stop, dtype=np.int64))
         for name, values in result.items():
             columns.setdefault(name, []).append(values)
-    table = pa.table({name: np.concatenate(parts) for name, parts in columns.items()})
     paths = [info.path for info in dataset.files]
+    data: dict[str, Any] = {name: np.concatenate(parts) for name, parts in columns.items()}
+    # the input file's path, stored once per file (a dictionary column: pandas reads it
+    # as a Categorical whose codes are the files' order in predict.json's inputs)
+    data["file"] = pa.DictionaryArray.from_arrays(pa.array(data["file"], pa.int32()),
+                                                  pa.array(paths, pa.string()))
+    table = pa.table(data)
     table = table.replace_schema_metadata({"files": "\n".join(paths),
                                            "bundle": str(model.path)})
     pq.write_table(table, tmp / SCORES_FILE)

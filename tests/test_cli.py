@@ -91,7 +91,8 @@ def test_predict_writes_parquet_and_friend_trees(capsys, client, tmp_path: Path)
     for index, name in enumerate(("sig", "bkg")):
         events = uproot.open(tmp_path / f"{name}.root")["Events"].arrays()
         expected = bundle.predict_events(events)
-        rows = table[table.file == index]
+        rows = table[table.file == str(tmp_path / f"{name}.root")]
+        assert (table.file.cat.codes[rows.index] == index).all()
         np.testing.assert_array_equal(rows.entry, np.arange(3000))
         np.testing.assert_array_equal(rows.event, events.event.to_numpy())
         np.testing.assert_allclose(rows.score, expected, atol=1e-6)

@@ -246,14 +246,14 @@ def build_matrices(
     """
     import dask.array as da
     from dask import delayed
-    from distributed import progress as progress_bar
+
+    from mlaas_dask.logs import show_progress
 
     tasks = _partition_tasks(dataset, plan)
     restrict = {"workers": workers, "allow_other_workers": False} if workers else {}
     futures = client.compute(tasks, **restrict)
     if progress:
-        progress_bar(futures)
-        print()
+        show_progress(futures, "Reading partitions")
     try:
         stats = client.gather(client.map(_get_stats, futures, pure=False))
     except BaseException:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -102,20 +103,30 @@ def roc_png(y: np.ndarray, scores: np.ndarray, classes: Sequence[str], auc: floa
 
 
 def scores_png(y: np.ndarray, scores: np.ndarray, w: np.ndarray, classes: Sequence[str]) -> bytes:
-    """Normalised score distributions per true class on the test split."""
-    fig, ax = _figure()
-    score = scores if len(classes) == 2 else scores.max(axis=1)
+    """Normalised score distributions per true class on the test split: the score of a
+    binary model, or one panel per class score (``score_<class>``) for multi-class."""
+    from matplotlib.figure import Figure
+
+    panels = [(None, scores)] if len(classes) == 2 else [
+        (name, scores[:, i]) for i, name in enumerate(classes)]
+    columns = min(len(panels), 3)
+    rows_of_panels = math.ceil(len(panels) / columns)
+    fig = Figure(figsize=(6 if columns == 1 else 4.2 * columns, 4.5 * rows_of_panels), dpi=100)
     bins = np.linspace(0, 1, 41)
-    for index, name in enumerate(classes):
-        rows = y == index
-        if rows.any():
-            ax.hist(score[rows], bins=bins, weights=np.abs(w[rows]), density=True,
-                    histtype="step", lw=1.8, label=f"{name} ({rows.sum()} events)")
-    ax.set_xlabel("classifier score" if len(classes) == 2 else "highest class score")
-    ax.set_ylabel("normalised events")
-    ax.set_yscale("log")
-    ax.set_title("Score distributions on the test split (weighted by |w|)")
-    ax.legend()
+    for number, (score_of, score) in enumerate(panels, 1):
+        ax = fig.add_subplot(rows_of_panels, columns, number)
+        for index, name in enumerate(classes):
+            rows = y == index
+            if rows.any():
+                ax.hist(score[rows], bins=bins, weights=np.abs(w[rows]), density=True,
+                        histtype="step", lw=1.8, label=f"{name} ({rows.sum()} events)")
+        ax.set_xlabel("classifier score" if score_of is None else f"score_{score_of}")
+        ax.set_ylabel("normalised events")
+        ax.set_yscale("log")
+        ax.set_title("Score distributions on the test split (weighted by |w|)"
+                     if score_of is None else f"P({score_of}), test split, |w|-weighted",
+                     fontsize=10 if score_of is not None else None)
+        ax.legend(fontsize=8 if score_of is not None else None)
     return _png(fig)
 
 

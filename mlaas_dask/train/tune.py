@@ -215,11 +215,10 @@ def tune(job: Job, *, cluster: ClusterSpec | Client | None = None,
     """
     import dataclasses
 
-    from distributed import progress as progress_bar
-
     from mlaas_dask.bundle import _check_target
     from mlaas_dask.cluster.placement import StagePlan
     from mlaas_dask.cluster.session import cluster_session
+    from mlaas_dask.logs import show_progress
     from mlaas_dask.train.pipeline import prepare, read_matrices, run
 
     if job.tune is None:
@@ -249,8 +248,7 @@ def tune(job: Job, *, cluster: ClusterSpec | Client | None = None,
         futures = client.map(run_trial, configs, data=shared, kind=job.model.kind, base=base,
                              n_classes=len(classes), pure=False)
         if progress:
-            progress_bar(futures)
-            print()
+            show_progress(futures, "Trials")
         trials = client.gather(futures)
         del shared, futures
         ranked = sorted(trials, key=lambda t: -1.0 if t["auc"] is None else -t["auc"])
