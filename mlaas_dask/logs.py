@@ -13,7 +13,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
+import re
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any, TextIO
@@ -93,3 +96,47 @@ def show_progress(futures: list[Any], what: str) -> None:
         if done % every == 0 or done == total:
             print(f"{what}: {done}/{total} done ({done / total:.0%}, "
                   f"{time.monotonic() - start:.0f} s)", flush=True)
+
+
+#: the line XGBoost's collective tracker writes to the process's stderr from a native
+#: thread for every worker that joins (Python's logging and warnings never see it)
+XGBOOST_RANK_LINE = re.compile(rb"^\[\d\d:\d\d:\d\d\] Task \[xgboost\.dask-\d+\]:\S+ got rank \d+$")
+
+
+@contextlib.contextmanager
+def native_lines_dropped(pattern: re.Pattern[bytes] = XGBOOST_RANK_LINE,
+                         enabled: bool = True) -> Iterator[None]:
+    """Drop the lines matching ``pattern`` that native code writes to file descriptor 2
+    inside the block; every other line passes through (``--quiet``). Where stderr has no
+    file descriptor (a notebook, pytest's capture), nothing is filtered.
+
+    Processes started inside the block (local Dask workers) inherit the filtered stderr.
+    """
+    try:
+        fd = sys.stderr.fileno() if enabled else -1
+    except (AttributeError, OSError, ValueError):
+        fd = -1
+    if fd < 0:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, fd)
+    os.close(write_end)
+
+    def forward() -> None:
+        with os.fdopen(read_end, "rb") as pipe:
+            for line in pipe:
+                if not pattern.match(line.rstrip(b"\r\n")):
+                    os.write(saved, line)
+
+    thread = threading.Thread(target=forward, name="mlaas-stderr-filter", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, fd)  # the pipe's last writer here: the thread sees its end
+        thread.join(timeout=5)  # a lingering child may hold the pipe: do not wait on it
+        os.close(saved)

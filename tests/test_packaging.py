@@ -84,6 +84,7 @@ def test_wheel_trains(wheel_venv: Path, tmp_path: Path) -> None:
                     "--quiet"], cwd=tmp_path)
     assert trained.returncode == 0, trained.stdout + trained.stderr
     assert "Test AUC" in trained.stdout
+    assert "got rank" not in trained.stdout + trained.stderr  # --quiet
     assert (tmp_path / "bundle" / "model.ubj").is_file()
 
 

@@ -61,3 +61,25 @@ def test_multiclass_score_plot_has_one_panel_per_class_score() -> None:
     binary = imread(io.BytesIO(scores_png(y > 0, scores[:, 0], np.ones(600), ["b", "s"])))
     three = imread(io.BytesIO(scores_png(y, scores, np.ones(600), ["ttH", "WJets", "QCD"])))
     assert binary.shape[1] == 600 and three.shape[1] == 3 * 420
+
+
+def test_quiet_drops_xgboosts_rank_lines_and_keeps_the_rest() -> None:
+    """XGBoost's tracker writes 'got rank' lines to fd 2 from a native thread; --quiet
+    drops exactly those (in the process and in workers it starts) and nothing else."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, subprocess, sys\n"
+        "from mlaas_dask.logs import native_lines_dropped\n"
+        "with native_lines_dropped():\n"
+        "    os.write(2, b'[11:48:03] Task [xgboost.dask-0]:tcp://127.0.0.1:42039 got rank 0\\n')\n"
+        "    os.write(2, b'a real warning\\n')\n"
+        "    subprocess.run([sys.executable, '-c', \"import os; os.write(2, "
+        "b'[11:48:04] Task [xgboost.dask-1]:tcp://127.0.0.1:4 got rank 1\\\\n'"
+        "b'child says hi\\\\n')\"])\n"
+        "os.write(2, b'after\\n')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60,
+                          check=True)
+    assert done.stderr.decode().splitlines() == ["a real warning", "child says hi", "after"]

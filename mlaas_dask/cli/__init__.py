@@ -69,10 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    from mlaas_dask.logs import quiet
+    from mlaas_dask.logs import native_lines_dropped, quiet
 
+    silent = bool(getattr(args, "quiet", False))
     try:
-        with quiet(bool(getattr(args, "quiet", False))):
+        with quiet(silent), native_lines_dropped(enabled=silent):
             return int(args.run(args) or 0)
     except MlaasError as err:
         print(f"mlaas {args.command}: error: {err}", file=sys.stderr)
