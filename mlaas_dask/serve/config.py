@@ -32,8 +32,8 @@ from typing import Any
 from mlaas_dask.archive import MAX_MEMBERS, MAX_UNPACKED_BYTES, ArchiveLimits
 from mlaas_dask.errors import ConfigError, MlaasError
 
-__all__ = ["CONFIG_ENV", "GROUPS", "LOG_LEVELS", "REQUIRED", "RESERVED_FILES", "SETTINGS",
-           "TOKEN_ENV", "ServeConfig", "Setting"]
+__all__ = ["CONFIG_ENV", "GROUPS", "GRPC_COMPRESSIONS", "LOG_LEVELS", "REQUIRED",
+           "RESERVED_FILES", "SETTINGS", "TOKEN_ENV", "ServeConfig", "Setting"]
 
 #: environment variable holding the bearer token when no token file is given
 TOKEN_ENV = "MLAAS_SERVE_TOKEN"
@@ -114,6 +114,17 @@ def known_log_level(value: str) -> str | None:
     if value in LOG_LEVELS:
         return None
     return f"must be one of {', '.join(LOG_LEVELS)}, not {value!r}."
+
+
+#: the compressions a gRPC server may apply to its responses (--grpc-compression)
+GRPC_COMPRESSIONS = ("none", "gzip", "deflate")
+
+
+def known_compression(value: str) -> str | None:
+    """One of :data:`GRPC_COMPRESSIONS`."""
+    if value in GRPC_COMPRESSIONS:
+        return None
+    return f"must be one of {', '.join(GRPC_COMPRESSIONS)}, not {value!r}."
 
 
 def is_repository(path: Path) -> str | None:
@@ -316,13 +327,16 @@ class ServeConfig:
         check=open_files, metavar="N", group="connection limits")
     header_timeout_s: float = setting(
         10.0, "seconds a client has to send its request line and headers, else 408 and the "
-        "connection is closed", "--header-timeout", check=above_zero, metavar="S",
+        "connection is closed (gRPC: its HTTP/2 preface and settings, else it is closed)",
+        "--header-timeout", check=above_zero, metavar="S",
         group="connection limits")
     max_header_bytes: int = setting(
         64 * KB, "largest request head, line and headers (431 above)", "--max-header-kb",
         check=at_least(1), metavar="KB", scale=KB, group="connection limits")
     keep_alive_s: float = setting(
-        30.0, "seconds an idle kept-alive connection stays open", "--keep-alive",
+        30.0, "seconds an idle kept-alive connection stays open (gRPC: a connection "
+        "without calls in flight; one with calls is pinged that often, and closed when the "
+        "client does not answer within --header-timeout)", "--keep-alive",
         check=above_zero, metavar="S", group="connection limits")
     host: str = setting(
         "127.0.0.1", "address to listen on", "--host", check=listen_address,
@@ -335,6 +349,12 @@ class ServeConfig:
         "HTTP one, on the same host, models, batching, token and metrics (0: any free port)",
         "--grpc-port", check=port_number, metavar="PORT", note="no gRPC server",
         group="server process")
+    grpc_compression: str = setting(
+        "none", "compression of gRPC responses for the clients that accept it (every gRPC "
+        "client says which algorithms it does; one accepting only the other gets that one, "
+        "one accepting neither none); compressed requests are always read: "
+        f"{', '.join(GRPC_COMPRESSIONS)}", "--grpc-compression", check=known_compression,
+        metavar="ALGORITHM", group="server process")
     workers: int = setting(
         1, "server processes; they share the repository", "--workers", check=at_least(1),
         metavar="N", group="server process")

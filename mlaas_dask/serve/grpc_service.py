@@ -50,6 +50,7 @@ from mlaas_dask.serve.modelconfig import triton_config
 
 if TYPE_CHECKING:
     from mlaas_dask.serve.app import ServerState
+    from mlaas_dask.serve.config import ServeConfig
     from mlaas_dask.serve.repository import ModelVersion
 
 log = logging.getLogger("mlaas_dask.serve")
@@ -305,6 +306,46 @@ def _typed(tensor: Any, count: int, dtype: np.dtype[Any]) -> np.ndarray:
     return np.asarray(values, dtype=dtype)
 
 
+#: --grpc-compression -> the gRPC core's compression level, which compresses each response
+#: with an algorithm the client accepts (its grpc-accept-encoding), by rank: low picks gzip
+#: before deflate, high deflate before gzip; a client accepting neither gets identity
+COMPRESSION_LEVELS = {"gzip": 1, "deflate": 3}
+
+
+def server_options(config: ServeConfig) -> list[tuple[str, int]]:
+    """The gRPC core's channel arguments for the server's limits.
+
+    - ``--max-body-mb``: the largest request message, counted after decompression (gzip
+      and deflate requests are read);
+    - ``--header-timeout``: a connection must complete its HTTP/2 preface and send its
+      settings within it, from the moment it is opened (a client sending nothing, or a
+      byte at a time, is closed);
+    - ``--keep-alive``: a connection without calls in flight is closed (GOAWAY) after it;
+      one with calls in flight is pinged that often and closed when no answer comes within
+      ``--header-timeout`` (a vanished client no longer holds its calls);
+    - ``--grpc-compression``: responses compressed for the clients that accept it (see
+      :data:`COMPRESSION_LEVELS`); requests compressed with gzip or deflate are always read.
+    """
+    options = [
+        ("grpc.max_receive_message_length", config.max_body_bytes),
+        ("grpc.max_send_message_length", -1),
+        ("grpc.server_handshake_timeout_ms", _ms(config.header_timeout_s)),
+        ("grpc.max_connection_idle_ms", _ms(config.keep_alive_s)),
+        ("grpc.keepalive_time_ms", _ms(config.keep_alive_s)),
+        ("grpc.keepalive_timeout_ms", _ms(config.header_timeout_s)),
+        # one port shared by the worker processes of --workers N, else a clash fails
+        ("grpc.so_reuseport", int(config.workers > 1)),
+    ]
+    if config.grpc_compression in COMPRESSION_LEVELS:
+        options.append(("grpc.default_compression_level",
+                        COMPRESSION_LEVELS[config.grpc_compression]))
+    return options
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
 async def start_grpc(state: ServerState) -> aio.Server:
     """Start the gRPC server on ``state.config.host:grpc_port``; its port in
     ``state.grpc_port``.
@@ -317,12 +358,7 @@ async def start_grpc(state: ServerState) -> aio.Server:
     config = state.config
     server = aio.server(
         maximum_concurrent_rpcs=config.max_connections,
-        options=[
-            ("grpc.max_receive_message_length", config.max_body_bytes),
-            ("grpc.max_send_message_length", -1),
-            # one port shared by the worker processes of --workers N, else a clash fails
-            ("grpc.so_reuseport", int(config.workers > 1)),
-        ],
+        options=server_options(config),
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(state), server)
     host = f"[{config.host}]" if ":" in config.host else config.host

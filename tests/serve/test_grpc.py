@@ -294,3 +294,145 @@ def test_protected_reads_need_the_token_in_metadata(make_repo: Callable[..., Pat
         assert result.as_numpy("score").shape == (2,)
     finally:
         client.close()
+
+
+# -- connections and compression ----------------------------------------------------------
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+EMPTY_SETTINGS = b"\0\0\0\x04\0\0\0\0\0"  # an HTTP/2 SETTINGS frame without settings
+GOAWAY = 7
+
+
+def read_until_closed(address: str, sent: bytes, wait: float = 60.0) -> bytes:
+    """Open a raw connection, send ``sent`` and read until the server closes it (a
+    socket timeout after ``wait`` s means it kept the connection open: the test fails)."""
+    import socket
+
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(sent)
+        sock.settimeout(wait)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+        return received
+
+
+def frame_types(data: bytes) -> list[int]:
+    types = []
+    while len(data) >= 9:
+        length = int.from_bytes(data[:3], "big")
+        types.append(data[3])
+        data = data[9 + length:]
+    return types
+
+
+@pytest.mark.parametrize("sent", [b"", PREFACE[:10]], ids=["nothing", "partial-preface"])
+def test_grpc_connection_without_a_preface_is_closed(make_repo: Callable[..., Path],
+                                                    start_server: Callable[..., LiveServer],
+                                                    sent: bytes):
+    servers = start_both(make_repo, start_server, header_timeout_s=0.5)
+    read_until_closed(servers.grpc, sent)  # returns: the server cut the connection
+
+
+def test_idle_grpc_connection_is_closed_with_goaway(make_repo: Callable[..., Path],
+                                                    start_server: Callable[..., LiveServer]):
+    servers = start_both(make_repo, start_server, keep_alive_s=0.5)
+    received = read_until_closed(servers.grpc, PREFACE + EMPTY_SETTINGS)
+    assert GOAWAY in frame_types(received)
+
+
+def test_grpc_connections_in_use_stay_open(make_repo: Callable[..., Path],
+                                           start_server: Callable[..., LiveServer],
+                                           trained: Trained):
+    """Short timeouts close idle connections only: a client keeps working, reconnecting
+    when its channel was closed while idle."""
+    import time
+
+    import tritonclient.grpc as triton
+
+    servers = start_both(make_repo, start_server, header_timeout_s=0.5, keep_alive_s=0.5)
+    client = triton.InferenceServerClient(servers.grpc)
+    try:
+        matrix = trained.matrix[:3]
+        first = client.infer("hep", [infer_input(matrix)]).as_numpy("score")
+        time.sleep(1.5)  # the idle connection is closed meanwhile
+        again = client.infer("hep", [infer_input(matrix)]).as_numpy("score")
+        np.testing.assert_array_equal(first, again)
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_tritonclient_compressed_requests(triton_grpc: Any, trained: Trained,
+                                          algorithm: str):
+    matrix = trained.matrix[:50]
+    expected = ModelBundle.load(trained.path).predict_matrix(matrix)
+    result = triton_grpc.infer("hep", [infer_input(matrix)], compression_algorithm=algorithm)
+    np.testing.assert_allclose(result.as_numpy("score"), expected, atol=1e-6)
+
+
+def test_compressed_request_counts_its_decompressed_size(servers: Servers):
+    """--max-body-mb (2 MB here) bounds the message after decompression: 3 MB of zeros
+    sent gzip-compressed (a few kB) are refused."""
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb
+
+    rows = 3_000_000 // (19 * 4)
+    request = pb.ModelInferRequest(model_name="hep")
+    request.inputs.add(name="features", datatype="FP32", shape=[rows, 19])
+    request.raw_input_contents.append(b"\0" * (rows * 19 * 4))
+    channel, service = stub(servers.grpc)
+    with channel, pytest.raises(grpc.RpcError) as caught:
+        service.ModelInfer(request, compression=grpc.Compression.Gzip)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_grpc_response_compression(make_repo: Callable[..., Path],
+                                   start_server: Callable[..., LiveServer], trained: Trained):
+    """--grpc-compression gzip: responses are compressed for clients that accept gzip
+    (tritonclient, as every gRPC client, does) and read back unchanged; a client that
+    accepts only identity gets them uncompressed. Bytes counted through a TCP proxy."""
+    import grpc
+    import tritonclient.grpc as triton
+    from tritonclient.grpc import service_pb2 as pb
+
+    from servers import FaultProxy
+
+    servers = start_both(make_repo, start_server, grpc_compression="gzip")
+    proxy = FaultProxy(int(servers.grpc.rsplit(":", 1)[1])).start()
+    rows = 4000  # identical events: identical scores, 16 kB that compress to little
+    matrix = np.repeat(np.nan_to_num(trained.matrix[:1]), rows, axis=0)
+    expected = ModelBundle.load(trained.path).predict_matrix(matrix)
+    try:
+        client = triton.InferenceServerClient(f"127.0.0.1:{proxy.port}")
+        try:
+            proxy.reset_counters()
+            scores = client.infer("hep", [infer_input(matrix)], compression_algorithm="gzip")
+            np.testing.assert_allclose(scores.as_numpy("score"), expected, atol=1e-6)
+            compressed = proxy.bytes_down
+        finally:
+            client.close()
+        request = pb.ModelInferRequest(model_name="hep")
+        request.inputs.add(name="features", datatype="FP32", shape=[rows, 19])
+        request.raw_input_contents.append(matrix.astype("<f4").tobytes())
+        identity_only = [("grpc.compression_enabled_algorithms_bitset", 1)]
+        with grpc.insecure_channel(f"127.0.0.1:{proxy.port}", options=identity_only) as channel:
+            from tritonclient.grpc import service_pb2_grpc
+
+            proxy.reset_counters()
+            response = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
+            plain = proxy.bytes_down
+        np.testing.assert_allclose(np.frombuffer(response.raw_output_contents[0], "<f4"),
+                                   expected, atol=1e-6)
+    finally:
+        proxy.close()
+    assert plain > 4 * rows  # the scores as they are
+    assert compressed < plain / 4
+
+
+def test_unknown_grpc_compression_is_refused(tmp_path: Path):
+    from mlaas_dask.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--grpc-compression.*none, gzip, deflate, not 'br'"):
+        ServeConfig(models=tmp_path, grpc_compression="br")
