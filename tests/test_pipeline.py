@@ -175,3 +175,24 @@ def test_tune_trials_run_with_the_users_credentials_on_the_workers(
     assert "Running 2 trials" in lines.text
     left = client.run(lambda: __import__("os").environ.get("BEARER_TOKEN"))
     assert left == dict.fromkeys(client.scheduler_info()["workers"])  # removed at the end
+
+
+@pytest.mark.parametrize("cut, message", [
+    ("Jet_pt > 20", "gives a list per event; reduce it with any(), all() or count()"),
+    ("MET_pt + 1", "must give true/false per event"),
+])
+def test_a_cut_that_cannot_work_fails_before_the_cluster(tmp_path: Path, cut: str,
+                                                         message: str) -> None:
+    """Found as a new user: a per-object cut printed a worker traceback first."""
+    from mlaas_dask.errors import FeatureError
+    from mlaas_dask.train.pipeline import prepare
+
+    def with_cut(text: str) -> str:
+        return sample_job(tmp_path).replace("  step_size: 1000",
+                                            f"  step_size: 1000\n  cut: '{text}'")
+
+    job = job_from_text(with_cut(cut), base=tmp_path)
+    with pytest.raises(FeatureError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        prepare(job)  # no cluster exists yet
+    job = job_from_text(with_cut("any(Jet_pt > 20)"), base=tmp_path)
+    assert prepare(job).plan.cut == "any(Jet_pt > 20)"

@@ -202,6 +202,20 @@ def _needed(job: Job) -> list[str]:
     return list(dict.fromkeys(needed))
 
 
+#: events per group on which a selection cut is tried before any worker runs it
+CUT_SAMPLE_EVENTS = 100
+
+
+def check_cut(dataset: Any, cut: str) -> None:
+    """Evaluate the selection cut on the first events of each group here, so that a cut
+    that cannot work (a list per event, a value that is not true/false) is one message
+    before the cluster reads anything, not a traceback in every worker's log first."""
+    from mlaas_dask.train.matrix import _cut_mask, cut_branches
+
+    for events in dataset.sample(cut_branches(cut), CUT_SAMPLE_EVENTS):
+        _cut_mask(events, cut)
+
+
 def _prepared(job: Job, dataset: Any, where: str) -> Prepared:
     """The checks, the sizing of ``n: auto`` and the plan, whatever the dataset."""
     from mlaas_dask.train.matrix import PartitionPlan, sample_multiplicities
@@ -213,6 +227,8 @@ def _prepared(job: Job, dataset: Any, where: str) -> Prepared:
         raise FeatureError(f"The weight branch {config.weight_branch!r} is a list per event; "
                            "dataset.weight_branch needs one number per event.",
                            branch=config.weight_branch)
+    if config.cut:
+        check_cut(dataset, config.cut)
     if not spec.is_resolved:
         spec = spec.resolve(sample_multiplicities(dataset, spec))
         sized = {n: c.n for n, c in spec.collections.items()}
