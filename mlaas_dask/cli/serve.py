@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -78,11 +79,15 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from mlaas_dask.serve.auth import read_token
+    from mlaas_dask.serve.config import empty_repository_note
     from mlaas_dask.serve.connections import uvicorn_options
 
     config = config_from_args(args)
     token = read_token(config.token_file)
     config.check_start(token)
+    note = empty_repository_note(config.models, token)
+    if note:
+        print(f"mlaas serve: note: {note}", file=sys.stderr)
     _raise_open_file_limit(config.max_connections)
     # SIGTERM: stop accepting, let the requests in flight finish (within --timeout), exit 0
     options: dict[str, Any] = {"host": config.host, "port": config.port,

@@ -128,13 +128,29 @@ def known_compression(value: str) -> str | None:
 
 
 def is_repository(path: Path) -> str | None:
-    """An existing folder."""
+    """An existing folder, and not a model bundle itself."""
+    if path.is_dir() and (path / "metadata.json").is_file():
+        return (f"{path} is a model bundle, not a repository of bundles: give the folder "
+                f"that holds it (--models {path.parent} serves it as model "
+                f"{path.name!r}), or copy it into a repository as <name>/1/.")
     if path.is_dir():
         return None
     what = "it is a file" if path.exists() else "it does not exist"
     return (f"{path} is not a directory: {what}. Create it (mkdir -p {path}) and put "
             f"bundles in <name>/<version>/ folders, e.g. 'mlaas train job.yaml --out "
             f"{path}/mymodel/1', or upload them once the server runs.")
+
+
+def empty_repository_note(path: Path, token: str | None) -> str | None:
+    """What to say at start-up when the repository holds no model folder yet: the server
+    runs (uploads may come), but it has nothing to score."""
+    if any(child.is_dir() and not child.name.startswith(".") for child in path.iterdir()):
+        return None
+    how = ("upload one (POST /v2/repository/models/<name>/upload with the token)"
+           if token else "put bundles in <name>/<version>/ folders and restart it (no "
+           "token is set, so nothing can be uploaded or loaded while it runs)")
+    return (f"the repository {path} holds no model: the server starts, but scores "
+            f"nothing until you {how}.")
 
 
 def readable_token(path: Path) -> str | None:

@@ -310,3 +310,26 @@ def test_every_setting_is_declared_and_documented():
     for name, setting in SETTINGS.items():
         assert setting.doc and setting.flag.startswith("--")
         assert f"\n    {name}\n" in doc and f"``{setting.flag}" in doc
+
+
+def test_a_bundle_given_as_the_repository_is_refused(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]):
+    """Found as a new user: --models pointed at a bundle answered ready with 0 models."""
+    bundle = tmp_path / "higgs"
+    bundle.mkdir()
+    (bundle / "metadata.json").write_text("{}")
+    message = str(_python_error(models=bundle))
+    assert f"{bundle} is a model bundle, not a repository of bundles" in message
+    assert f"--models {tmp_path} serves it as model 'higgs'" in message
+    assert _cli_error(capsys, "--models", str(bundle)) == f"mlaas serve: error: {message}\n"
+
+
+def test_an_empty_repository_is_said_at_start(tmp_path: Path) -> None:
+    from mlaas_dask.serve.config import empty_repository_note
+
+    (tmp_path / ".staging").mkdir()
+    note = empty_repository_note(tmp_path, token=None)
+    assert note is not None and "holds no model" in note and "restart it" in note
+    assert "upload one" in str(empty_repository_note(tmp_path, token="secret"))
+    (tmp_path / "higgs").mkdir()
+    assert empty_repository_note(tmp_path, token=None) is None
