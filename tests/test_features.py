@@ -146,11 +146,12 @@ def test_non_finite_inputs_are_counted_in_kept_events_only() -> None:
     events = {"a": np.array([np.inf, 1.0, np.nan, 2.0], dtype=np.float32),
               "J_x": ak.Array([[np.nan, 1.0], [2.0], [np.inf, np.inf, 3.0], []])}
     X, nonfinite = spec.transform_with_stats(events, np.array([3, 2]))
-    assert nonfinite == {"a": 1, "J_x": 2}
+    # the derived b = a * 2 is a feature of its own: its NaN counts under its name too
+    assert nonfinite == {"a": 1, "J_x": 2, "b (derived)": 1}
     np.testing.assert_array_equal(X[0], [2.0, 0, np.nan, np.nan, 4.0])
     np.testing.assert_array_equal(X[1], [np.nan, 3, np.nan, np.nan, np.nan])
     _, everything = spec.transform_with_stats(events)
-    assert everything == {"a": 2, "J_x": 3}
+    assert everything == {"a": 2, "J_x": 3, "b (derived)": 2}
 
 
 def test_estimate_n_is_a_quantile() -> None:
@@ -362,3 +363,19 @@ def test_a_missing_value_inside_a_list_is_nan() -> None:
         [[2, 1, np.nan], [0, np.nan, np.nan], [1, 3, np.nan]], np.float32))
     with pytest.raises(FeatureError, match="is a list per event but not of numbers"):
         spec.transform({"Muon_pt": ak.Array([[[1.0]], []])})
+
+
+def test_nan_made_by_a_derived_feature_is_counted_under_its_name() -> None:
+    """Found as a new user: log of a negative gave NaN that no count named."""
+    events = ak.Array({"MET_pt": np.array([50.0, 150.0, 80.0, 300.0], np.float32),
+                       "Jet_pt": ak.Array([[70.0, 40.0], [], [65.0], [90.0, 61.0, 20.0]])})
+    spec = FeatureSpec.from_dict({
+        "flat": ["MET_pt"], "derived": {"logm": "log(MET_pt - 100)"},
+        "collections": {"Jet": {"fields": ["pt", "lpt"], "n": 2,
+                                "derived": {"lpt": "log(pt - 60)"}}}})
+    with np.errstate(all="raise"):  # the expressions' own warnings are silenced
+        matrix, nonfinite = spec.transform_with_stats(events)
+    assert nonfinite == {"logm (derived)": 2, "Jet_lpt (derived)": 2}
+    assert np.isnan(matrix[[0, 2], spec.feature_names.index("logm")]).all()
+    _, kept = spec.transform_with_stats(events, np.array([1, 3]))
+    assert kept == {"Jet_lpt (derived)": 1}

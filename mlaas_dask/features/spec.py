@@ -354,6 +354,7 @@ class FeatureSpec:
                 value = _as_column(expression(namespace), n_events, f"derived feature {name!r}")
                 namespace[name] = value
                 value = selection.take(value)
+                _count_nonfinite(value, f"{name} (derived)", nonfinite)
                 infinite = np.isinf(value)
                 if infinite.any():
                     value = np.where(infinite, np.float32(np.nan), value)
@@ -393,6 +394,10 @@ class FeatureSpec:
         values: dict[str, np.ndarray] = dict(stored)
         for key, expression in collection._derived.items():
             values[key] = np.asarray(expression(stored), dtype=np.float64)
+            # NaN / inf made by the expression itself (log of a negative), named as the
+            # feature: the input branches were counted above
+            _count_nonfinite(values[key], f"{collection.name}_{key} (derived)", nonfinite,
+                             lambda: selection.objects(offsets))
         order = None
         if collection.sort_by is not None:
             if collection.sort_by not in values:
