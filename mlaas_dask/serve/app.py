@@ -127,7 +127,7 @@ class ServerState:
             scores = await self.run(model.runtime.matrices, matrix, len(matrix))
         else:
             scores = model.bundle.predict_matrix(matrix)
-        self.metrics.events.labels(model.name, model.version).inc(len(matrix))
+        self.metrics.observe_events(model.name, model.version, len(matrix))
         return protocol.output_columns(scores, model.bundle.output_names)
 
     async def load(self, name: str) -> list[str]:
@@ -328,7 +328,7 @@ async def infer(request: Request, state: ServerState) -> Response:
     config = state.config
     body = await read_body(request, config.max_body_bytes, config.timeout_s)
     parsed = protocol.parse_infer_request(
-        body, request.headers.get(protocol.HEADER_LENGTH), model.bundle.feature_names,
+        body, request.headers.get(protocol.HEADER_LENGTH), model.runtime.feature_names,
         config.max_request_rows,
     )
     columns = await state.predict(model, parsed.matrix)
@@ -343,7 +343,7 @@ async def score_events(request: Request, state: ServerState) -> Response:
     runtime: ModelRuntime = model.runtime
     columns = parse_events(protocol.loads(body), runtime.branches, config.max_request_rows)
     scores = await state.run(runtime.events, columns, columns.n_events)
-    state.metrics.events.labels(model.name, model.version).inc(columns.n_events)
+    state.metrics.observe_events(model.name, model.version, columns.n_events)
     return json_response({
         "model_name": model.name,
         "model_version": model.version,

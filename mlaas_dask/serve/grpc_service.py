@@ -130,8 +130,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         self.state = state
 
     def check_access(self, access: str, context: aio.ServicerContext) -> None:
-        if access == "open":
-            return
+        if access == "open" or (access == "read" and not self.state.auth.protect_reads):
+            return  # the metadata is not even looked at
         metadata = dict(context.invocation_metadata() or ())
         authorization = metadata.get("authorization")
         if isinstance(authorization, bytes):
@@ -196,7 +196,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         for output in request.outputs:
             if "classification" in output.parameters:
                 protocol.refuse_classification(output.name)
-        matrix = request_matrix(request, model.bundle.spec.n_features,
+        matrix = request_matrix(request, model.runtime.n_features,
                                 self.state.config.max_request_rows)
         columns = await self.state.predict(model, matrix)
         response = pb.ModelInferResponse(model_name=model.name, model_version=model.version,

@@ -26,6 +26,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -83,6 +84,10 @@ class Metrics:
             "mlaas_model_loads", "Model version loads by result", ["model", "result"],
             registry=registry,
         )
+        #: the labelled children already made (label values come from known models and
+        #: fixed endpoints and statuses, so these stay small)
+        self._children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
+        self._event_children: dict[tuple[str, str], Any] = {}
         self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
         self._gauges: list[tuple[Gauge, Callable[[], float]]] = []
         for name, doc, function in (
@@ -97,8 +102,21 @@ class Metrics:
     def observe_request(
         self, model: str, version: str, endpoint: str, status: int, seconds: float
     ) -> None:
-        self.requests.labels(model, version, endpoint, str(status)).inc()
-        self.latency.labels(model, endpoint).observe(seconds)
+        key = (model, version, endpoint, status)
+        children = self._children.get(key)
+        if children is None:  # labels() takes a lock and checks every value: once per key
+            children = self._children[key] = (
+                self.requests.labels(model, version, endpoint, str(status)),
+                self.latency.labels(model, endpoint))
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def observe_events(self, model: str, version: str, rows: int) -> None:
+        key = (model, version)
+        child = self._event_children.get(key)
+        if child is None:
+            child = self._event_children[key] = self.events.labels(model, version)
+        child.inc(rows)
 
     def observe_batch(self, rows: int, requests: int) -> None:
         self.batch_rows.observe(rows)

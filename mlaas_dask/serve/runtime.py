@@ -38,6 +38,9 @@ class ModelRuntime:
                  max_delay_s: float = 0.0) -> None:
         self.bundle = bundle
         self.branches = bundle.spec.branches()
+        #: the matrix columns (computed once: the FeatureSpec builds them on every call)
+        self.feature_names = bundle.feature_names
+        self.n_features = len(self.feature_names)
         self.matrices = Batcher(self.predict_matrices, pool, max_batch_size, max_delay_s)
         self.events = Batcher(self.score_events, pool, max_batch_size, max_delay_s)
 
