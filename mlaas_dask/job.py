@@ -241,6 +241,23 @@ TUNE_SCHEMA = {
 }
 JOB_SCHEMA["tune"].schema = TUNE_SCHEMA
 
+REWEIGHT_SCHEMA = {
+    "variables": Field((list,), "features whose distribution the classes are reweighted in, "
+                       "e.g. [MET_pt] or [Jet_pt_0, Jet_eta_0]", required=True,
+                       items=Field((str,), "a feature name")),
+    "bins": Field((int, list), "bins per variable (quantiles of the target class), or the "
+                  "edges: one list, or one list per variable", default=20),
+    "to": Field((str,), "the distribution to match: signal (binary), a class name, or flat",
+                default="signal"),
+    "max_factor": Field(NUMBER, "the largest factor an event gets", default=10.0,
+                        check=positive),
+    "sample_events": Field((int,), "events per group the histograms are made from",
+                           default=200_000, check=positive),
+}
+JOB_SCHEMA["reweight"] = Field((dict,), "kinematic reweighting of the training splits, so "
+                               "the classifier cannot learn a spectrum", default=None,
+                               schema=REWEIGHT_SCHEMA)
+
 
 @dataclass
 class FileGroup:
@@ -387,6 +404,8 @@ class Job:
     output: str = "bundles/model"
     cluster: str = "local"
     tune: TuneConfig | None = None
+    #: the ``reweight`` mapping (mlaas_dask.train.reweight), validated
+    reweight: dict[str, Any] | None = None
     source: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -562,6 +581,7 @@ def job_from_dict(data: Any, validator: Validator, base: Path, *, events: bool =
     return Job(dataset=dataset_config, features=features, model=model, split=split,
                output=_resolve(output, base),
                cluster=_resolve_cluster(clean["cluster"], base), tune=tune,
+               reweight=clean["reweight"],
                source=None, raw=data)
 
 

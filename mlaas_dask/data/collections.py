@@ -97,13 +97,18 @@ class CollectionDataset:
     def sample(self, branches: Sequence[str], per_group: int) -> list[Any]:
         """About the first ``per_group`` events of each group (computed here, partition
         by partition until there are enough), for estimates such as ``n: auto``."""
+        return [events for _, events in self.sample_groups(branches, per_group)]
+
+    def sample_groups(self, branches: Sequence[str], per_group: int) -> list[tuple[int, Any]]:
+        """:meth:`sample` with the group index of every array."""
         arrays = []
-        for group, collection in zip(self.groups, self.collections, strict=True):
+        for index, (group, collection) in enumerate(zip(self.groups, self.collections,
+                                                        strict=True)):
             got = 0
             for i in range(collection.npartitions):
                 part = collection.partitions[i][list(branches)].compute()
-                arrays.append(part[:per_group - got])
-                got += len(arrays[-1])
+                arrays.append((index, part[:per_group - got]))
+                got += len(arrays[-1][1])
                 if got >= per_group:
                     break
             if got == 0:

@@ -347,7 +347,12 @@ class Dataset:
 
     def sample(self, branches: Sequence[str], per_group: int) -> list[Any]:
         """The first ``per_group`` events of each group, from its first file that can be
-        read, as awkward arrays (for estimates such as ``n: auto``; not a full pass).
+        read, as awkward arrays (for estimates such as ``n: auto``; not a full pass); see
+        :meth:`sample_groups`."""
+        return [events for _, events in self.sample_groups(branches, per_group)]
+
+    def sample_groups(self, branches: Sequence[str], per_group: int) -> list[tuple[int, Any]]:
+        """:meth:`sample` with the group index of every array.
 
         With ``on_error: skip`` a partition that cannot be read is passed over (and listed
         in :attr:`sample_skipped`): the sample goes on with the next partitions, of the
@@ -370,7 +375,7 @@ class Dataset:
                         "start": part.start, "stop": stop, "entries": stop - part.start,
                         **failure_record(err)})
                     continue
-                arrays.append(events)
+                arrays.append((group, events))
                 wanted -= len(events)
                 sampled_file = part.file
         if not arrays and self.sample_skipped:

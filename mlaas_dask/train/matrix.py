@@ -39,6 +39,8 @@ class PartitionPlan:
     label_branch: str | None = None
     #: what negative weights become in training (mlaas_dask.train.weights)
     negative_weights: str = "abs"
+    #: the kinematic reweighting of the training splits (mlaas_dask.train.reweight)
+    reweight: Any = None
 
 
 @dataclass
@@ -91,6 +93,8 @@ def process_partition(events: Any, partition: Partition, plan: PartitionPlan) ->
             w_split, kept = training_weights(w_split, plan.negative_weights)
             if kept is not None:
                 x_split, y_split = x_split[kept], y_split[kept]
+            if plan.reweight is not None:
+                w_split = w_split * plan.reweight(x_split, y_split)
         out[name] = (x_split, y_split, w_split)
         out["stats"][name] = np.bincount(y_split, minlength=plan.n_classes).tolist()
         out["stats"][f"{name}_weight"] = np.bincount(

@@ -112,7 +112,7 @@ def scores_png(y: np.ndarray, scores: np.ndarray, w: np.ndarray, classes: Sequen
     columns = min(len(panels), 3)
     rows_of_panels = math.ceil(len(panels) / columns)
     fig = Figure(figsize=(6 if columns == 1 else 4.2 * columns, 4.5 * rows_of_panels), dpi=100)
-    bins = np.linspace(0, 1, 41)
+    bins = np.linspace(0, 1, 41).tolist()
     for number, (score_of, score) in enumerate(panels, 1):
         ax = fig.add_subplot(rows_of_panels, columns, number)
         for index, name in enumerate(classes):

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib
+import json
 import logging
 import platform
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +64,8 @@ class Prepared:
     dataset: Dataset | CollectionDataset
     spec: FeatureSpec
     plan: PartitionPlan
+    #: files for the bundle made before training (the reweighting's table and plot)
+    files: dict[str, bytes] = field(default_factory=dict)
 
 
 @dataclass
@@ -243,7 +246,31 @@ def _prepared(job: Job, dataset: Any, where: str) -> Prepared:
         n_classes=len(config.classes), label_branch=config.label_branch,
         negative_weights=config.negative_weights,
     )
+    if job.reweight:
+        return _reweighted(job, dataset, plan)
     return Prepared(dataset, spec, plan)
+
+
+def _reweighted(job: Job, dataset: Any, plan: PartitionPlan) -> Prepared:
+    """The plan with the job's kinematic reweighting fitted on a sample (see
+    :mod:`mlaas_dask.train.reweight`), and the bundle's reweight.json and .png."""
+    from mlaas_dask.train.reweight import (
+        REWEIGHT_FILE,
+        REWEIGHT_PLOT,
+        fit_reweighting,
+        reweight_png,
+        sample_matrix,
+    )
+
+    settings = job.reweight or {}
+    classes = list(job.dataset.classes)
+    x, y, w = sample_matrix(dataset, plan, settings["sample_events"])
+    reweighting = fit_reweighting(x, y, w, plan.spec.feature_names, classes, settings)
+    logger.info("Reweighting %s to %s from %s sample events.",
+                ", ".join(reweighting.variables), reweighting.target, f"{len(y):,}")
+    files = {REWEIGHT_FILE: (json.dumps(reweighting.to_dict(classes), indent=2) + "\n").encode(),
+             REWEIGHT_PLOT: reweight_png(x, y, w, reweighting, classes)}
+    return Prepared(dataset, plan.spec, replace(plan, reweight=reweighting), files)
 
 
 def read_matrices(client: Client, prepared: Prepared, stages: StagePlan,
@@ -295,6 +322,7 @@ def run(job: Job, client: Client, prepared: Prepared, out: Path, *, overwrite: b
     timings.update(fitted.timings)
     metadata = describe_job(job, prepared, read.stats, cluster_info)
     metadata["placement"] = stages.record()
+    fitted.files.update(prepared.files)
     bundle, metrics = evaluate_and_write(client, fitted, read, context.classes, timings,
                                          t0, out, overwrite, prepared.spec, metadata)
     return TrainResult(bundle, metrics, {**metadata, "model": fitted.model_metadata})
@@ -383,6 +411,7 @@ def describe_job(job: Job, prepared: Prepared, stats: MatrixStats,
         "split": {"train": job.split.train, "validation": job.split.validation,
                   "test": job.split.test, "seed": job.split.seed,
                   "by": list(plan.id_branches) or ["file", "entry"]},
+        "reweight": job.reweight,
         "cluster": cluster_info,
         "versions": versions,
     }
