@@ -63,7 +63,8 @@ def order_within_events(
         wrong_way = np.greater if descending else np.less
         step_out_of_order = wrong_way(values[1:], values[:-1])
     else:
-        step_out_of_order = np.diff(_ascending_key(values, descending)) < 0
+        with np.errstate(invalid="ignore"):  # inf - inf: equal keys, in order
+            step_out_of_order = np.diff(_ascending_key(values, descending)) < 0
     # steps across an event boundary do not count
     boundary = offsets[1:-1] - start - 1
     step_out_of_order[boundary[(boundary >= 0) & (boundary < step_out_of_order.size)]] = False

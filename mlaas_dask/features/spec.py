@@ -18,6 +18,7 @@ import numpy as np
 from mlaas_dask.data.events import is_typetracer
 from mlaas_dask.data.multiplicity import DEFAULT_QUANTILE, MAX_OBJECTS, estimate_n
 from mlaas_dask.errors import FeatureError, did_you_mean
+from mlaas_dask.features import kernels
 from mlaas_dask.features.expressions import Expression
 from mlaas_dask.features.jagged import (
     fill_slots,
@@ -284,7 +285,10 @@ class FeatureSpec:
 
         ``events`` is an awkward record array (one partition, or a request turned into
         awkward) or a mapping of branch names to arrays. Missing objects and non-finite
-        inputs become NaN, XGBoost's "missing". The matrix is column-major (Fortran order).
+        inputs become NaN, XGBoost's "missing". The matrix is row-major (C order) where the
+        compiled kernels write it (numba installed, at least
+        :data:`~mlaas_dask.features.kernels.MIN_ROWS` rows), else column-major (Fortran
+        order); the values are the same either way.
 
         On typetracer events (the data-less arrays dask-awkward passes a function to learn
         its output type and the columns it reads) it is :meth:`trace`, so that a
@@ -335,19 +339,27 @@ class FeatureSpec:
                 + did_you_mean(missing[0], available, "branches"), branch=missing[0])
         n_events = _length(events)
         selection = _Selection(keep, n_events)
-        # column-major: every column is written in one contiguous pass (each one in full:
-        # no NaN prefill needed)
-        out = np.empty((selection.size, self.n_features), dtype=np.float32, order="F")
+        compiled = kernels.usable(selection.size)
+        # compiled kernels write whole rows (row-major); the numpy path writes every
+        # column in one contiguous pass (column-major; each one in full: no NaN prefill)
+        out = kernels.kept_matrix(selection.size, self.n_features, "C" if compiled else "F")
         nonfinite: dict[str, int] = {}
         column = 0
-        for name in self.flat:
-            values = selection.take(_flat_values(events[name], name))
-            _count_nonfinite(values, name, nonfinite)
-            out[:, column] = values
-            column += 1
+        if compiled:
+            flat = [_flat_values(events[name], name) for name in self.flat]
+            for name, values in zip(self.flat, flat, strict=True):
+                _count_nonfinite(values, name, nonfinite, selection=selection)
+            kernels.fill_flat(out, column, selection.keep, flat)
+            column += len(flat)
+        else:
+            for name in self.flat:
+                values = selection.take(_flat_values(events[name], name))
+                _count_nonfinite(values, name, nonfinite)
+                out[:, column] = values
+                column += 1
         for collection in self.collections.values():
             column = self._fill_collection(events, collection, out, column, nonfinite,
-                                           selection)
+                                           selection, compiled)
         if self._derived:
             namespace = _LazyNamespace(events)
             for name, expression in self._derived.items():
@@ -366,7 +378,7 @@ class FeatureSpec:
 
     def _fill_collection(
         self, events: Any, collection: Collection, out: np.ndarray, column: int,
-        nonfinite: dict[str, int], selection: _Selection,
+        nonfinite: dict[str, int], selection: _Selection, compiled: bool = False,
     ) -> int:
         assert collection.n is not None
         stored: dict[str, np.ndarray] = {}
@@ -409,6 +421,11 @@ class FeatureSpec:
             order = order_within_events(
                 offsets, values[collection.sort_by], descending=not collection.ascending
             )
+        if compiled:
+            kernels.fill_collection(out, column, selection.keep, offsets, collection.n,
+                                    collection.multiplicity, order,
+                                    [values[fld] for fld in collection.fields])
+            return column + collection.multiplicity + collection.n * len(collection.fields)
         if collection.multiplicity:
             out[:, column] = selection.take(np.diff(offsets))
             column += 1
@@ -672,10 +689,12 @@ class _Selection:
 
 
 def _count_nonfinite(values: np.ndarray, name: str, counts: dict[str, int],
-                     kept: Callable[[], np.ndarray | None] | None = None) -> None:
+                     kept: Callable[[], np.ndarray | None] | None = None,
+                     selection: _Selection | None = None) -> None:
     """Add the number of NaN / inf in ``values`` to ``counts[name]`` (a cheap sum first:
     it is finite when every value is, which is nearly always). ``kept`` gives a mask of
-    the values to count, only computed when there is something to count."""
+    the values to count, only computed when there is something to count; ``selection``
+    the per-event values to count (:meth:`_Selection.take`), likewise."""
     if values.dtype.kind != "f" or values.size == 0:
         return
     with np.errstate(over="ignore", invalid="ignore"):
@@ -684,6 +703,8 @@ def _count_nonfinite(values: np.ndarray, name: str, counts: dict[str, int],
     mask = kept() if kept is not None else None
     if mask is not None:
         values = values[mask]
+    if selection is not None:
+        values = selection.take(values)
     count = int(values.size - np.count_nonzero(np.isfinite(values)))
     if count:
         counts[name] = counts.get(name, 0) + count
