@@ -817,8 +817,12 @@ def start_servers(repo: Path, bundle: Path, matrix: np.ndarray, args: argparse.N
             processes.append(start_mlserver(bundle, workdir / tag, servers[tag],
                                             int(workers_text), workdir / f"{tag}.log",
                                             grpc_ports[tag], omp_threads))
-    for process, port in zip(processes, servers.values(), strict=True):
-        wait_ready(port, process)
+    for (tag, port), process in zip(servers.items(), processes, strict=True):
+        try:  # several servers start at once on a small machine: give them time
+            wait_ready(port, process, timeout=300)
+        except RuntimeError as err:
+            log = (workdir / f"{tag}.log").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{tag}: {err}; its log ends:\n{log}") from None
     big = _tile(matrix, args.big_rows)
     for tag, port in grpc_ports.items():  # real answers, checked by hand (grpc-status 0)
         result.setdefault("grpc_answer_bytes", {})[tag] = {
