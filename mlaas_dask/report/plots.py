@@ -189,9 +189,11 @@ def _input_panel(ax: Any, column: np.ndarray, y: np.ndarray, classes: Sequence[s
 def correlation(X: np.ndarray) -> np.ndarray:
     """Pearson correlations between the columns, over the events where both are
     present (missing objects are NaN); 0 where a column does not vary."""
-    present = np.isfinite(X)
-    filled = np.where(present, X, 0.0).astype(np.float64)
-    both = present.T.astype(np.float64) @ present.astype(np.float64)
+    # every operand float64 and contiguous: matmul goes to BLAS (a bool operand made
+    # numpy cast inside its own loops, 0.2 s instead of 2 ms for 5,000 x 48)
+    present = np.isfinite(X).astype(np.float64)
+    filled = np.where(present > 0, X, 0.0).astype(np.float64)
+    both = present.T @ present
     with np.errstate(invalid="ignore", divide="ignore"):
         sum_x = filled.T @ present
         mean_x, mean_y = sum_x / both, (sum_x / both).T
