@@ -27,7 +27,7 @@ def both(spec: FeatureSpec, events: Any, keep: np.ndarray | None,
     monkeypatch.setattr(kernels, "MIN_ROWS", 0)
     monkeypatch.setenv("MLAAS_KERNELS", "numpy")
     expected, expected_counts = spec.transform_with_stats(events, keep)
-    monkeypatch.delenv("MLAAS_KERNELS")
+    monkeypatch.setenv("MLAAS_KERNELS", "numba")
     got, counts = spec.transform_with_stats(events, keep)
     assert got.flags.c_contiguous and expected.flags.f_contiguous
     assert got.shape == expected.shape and got.dtype == expected.dtype == np.float32
@@ -115,9 +115,10 @@ def test_records_and_sliced_contents(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_large_generated_default_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Above MIN_ROWS the kernels are what transform uses by default."""
+    """With MLAAS_KERNELS=numba, from MIN_ROWS on the kernels are what transform uses."""
     spec = FeatureSpec.from_dict(GENERATED_SPEC)
     events = generated(kernels.MIN_ROWS + 10)
+    monkeypatch.setenv("MLAAS_KERNELS", "numba")
     assert kernels.usable(kernels.MIN_ROWS)
     assert spec.transform(events).flags.c_contiguous
     assert not spec.transform({k: v[:100] for k, v in events.items()}).flags.c_contiguous
@@ -160,8 +161,10 @@ def test_cms_hep_tutorial(hep_tutorial: Path, monkeypatch: pytest.MonkeyPatch) -
             both(spec, events, keep, monkeypatch)
 
 
-def test_numpy_forced_and_small_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_opt_in_and_small_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLAAS_KERNELS", raising=False)
+    assert not kernels.usable(10**7)  # the numpy path by default
     monkeypatch.setenv("MLAAS_KERNELS", "numpy")
     assert not kernels.usable(10**7)
-    monkeypatch.delenv("MLAAS_KERNELS")
-    assert not kernels.usable(kernels.MIN_ROWS - 1)
+    monkeypatch.setenv("MLAAS_KERNELS", "numba")
+    assert kernels.usable(10**7) and not kernels.usable(kernels.MIN_ROWS - 1)

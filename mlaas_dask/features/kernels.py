@@ -5,14 +5,19 @@ with a few vectorised passes (sources, missing mask, gather, NaN), and a partiti
 grouped by split turn those gathers into three interleaved streams: about 100 ms for
 500k events x 48 features here, a third of reading them. The kernels here walk the output
 rows once per collection and write each row's slots of every field (row-major, so each
-row's cache lines are written together): about 35 ms for the same matrix
+row's cache lines are written together): about 35-45 ms for the same matrix, in a loop
+over one partition in split order; but a single all-rows transform of 500k events, first
+touch included, took 0.136 s with them and 0.10-0.11 s with numpy on a quiet machine
 (``benchmarks/bench_read_features.py``). They write exactly the values the numpy path
 writes: float32 contents are copied bit for bit, and other dtypes are cast to float32 by
 numpy before the kernel sees them, as numpy's assignment would cast them.
 
-numba is optional: without it (or for small inputs, such as one serving request, where
-compiling or loading a kernel would cost more than it saves) the numpy path runs.
-``MLAAS_KERNELS=numpy`` forces the numpy path (for comparisons).
+They are opt-in (``MLAAS_KERNELS=numba``): in a fresh process numba's import and first
+call (even with the kernels cached on disk) cost 1-2.5 s here, once per worker, while the
+whole pipeline (bench_read_features, 2M events, quiet machine) gained nothing measurable
+over the numpy path (0.75 of the raw read either way; the matrix's first touch, see
+:func:`kept_matrix`, was the cost that mattered). Small inputs (below :data:`MIN_ROWS`)
+always take the numpy path.
 """
 
 from __future__ import annotations
@@ -30,8 +35,8 @@ MIN_ROWS = 16_384
 
 def usable(rows: int) -> bool:
     """Whether :func:`fill_flat` and :func:`fill_collection` run for ``rows`` output rows:
-    numba is installed, ``MLAAS_KERNELS`` is not ``numpy`` and there are enough rows."""
-    if rows < MIN_ROWS or os.environ.get("MLAAS_KERNELS", "").lower() == "numpy":
+    ``MLAAS_KERNELS=numba`` asks for them, numba is installed and there are enough rows."""
+    if rows < MIN_ROWS or os.environ.get("MLAAS_KERNELS", "").lower() != "numba":
         return False
     return _kernels() is not None
 

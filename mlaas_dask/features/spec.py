@@ -285,10 +285,10 @@ class FeatureSpec:
 
         ``events`` is an awkward record array (one partition, or a request turned into
         awkward) or a mapping of branch names to arrays. Missing objects and non-finite
-        inputs become NaN, XGBoost's "missing". The matrix is row-major (C order) where the
-        compiled kernels write it (numba installed, at least
-        :data:`~mlaas_dask.features.kernels.MIN_ROWS` rows), else column-major (Fortran
-        order); the values are the same either way.
+        inputs become NaN, XGBoost's "missing". The matrix is column-major (Fortran order), or
+        row-major (C order) where the opt-in compiled kernels write it
+        (``MLAAS_KERNELS=numba``, :mod:`mlaas_dask.features.kernels`); the values are
+        the same either way.
 
         On typetracer events (the data-less arrays dask-awkward passes a function to learn
         its output type and the columns it reads) it is :meth:`trace`, so that a
