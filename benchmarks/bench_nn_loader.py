@@ -15,8 +15,14 @@ Reported: training events/s per epoch of both and their ratio (target: mlaas >= 
 the baseline), and read + features + one epoch in events/s next to MLaaS4HEP's published
 ~1k events/s for its generator (its Python loop flattening jagged branches per event).
 
+With ``--compare-stream``: the same job trained twice on the same LocalCluster
+(``--workers``, default 2), the matrix held in memory (``stream: false``) and streamed
+(``stream: true``: the partitions read again every epoch, here from the feature cache):
+epoch events/s of both, and the peak RSS of all processes (client and workers) during
+each next to the feature matrix's size.
+
 Usage: python benchmarks/bench_nn_loader.py [--events 2000000] [--epochs 2]
-       [--threads 1] [--batch-size 512] [--stream]
+       [--threads 1] [--batch-size 512] [--stream] [--compare-stream [--workers 2]]
 
 The baseline runs before and after mlaas (the machine's other load drifts); the ratios
 use the median of its epochs.
@@ -32,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import emit, sample_files, sample_job
+from common import PeakMemory, emit, sample_files, sample_job
 
 REPO = Path(__file__).resolve().parents[1]
 MLAAS4HEP_EVENTS_PER_S = 1000  # MLaaS4HEP's published reading rate (DESIGN.md anchors)
@@ -115,7 +121,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--stream", action="store_true")
+    parser.add_argument("--compare-stream", action="store_true")
+    parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
+    if args.compare_stream:
+        compare_stream(args)
+        return
 
     from distributed import Client, LocalCluster
 
@@ -175,6 +186,53 @@ def main() -> None:
         "vs_mlaas4hep": round(read_and_epoch / MLAAS4HEP_EVENTS_PER_S, 1),
         "auc": round(result.metrics["auc"], 4), "total_s": round(total, 1),
     })
+
+def compare_stream(args: argparse.Namespace) -> None:
+    """Held vs streamed on the same cluster and data (see the module docstring)."""
+    from distributed import Client, LocalCluster
+
+    from mlaas_dask.job import job_from_text
+    from mlaas_dask.train import train
+
+    files = sample_files(args.events)
+    figures: dict[str, object] = {"events": args.events, "workers": args.workers,
+                                  "threads": args.threads, "batch_size": args.batch_size}
+    cluster = LocalCluster(n_workers=args.workers, threads_per_worker=args.threads,
+                           processes=True, host="127.0.0.1", dashboard_address=None,
+                           silence_logs=50)
+    with tempfile.TemporaryDirectory() as tmp, Client(cluster) as client:
+        cache = f"  cache: {tmp}/cache\n"
+        for mode in ("false", "true"):
+            model = (f"\nmodel: {{file: {REPO / 'examples' / 'torch_mlp.py'}, "
+                     f"epochs: {args.epochs}, batch_size: {args.batch_size}, "
+                     f"early_stopping_rounds: 0, stream: {mode}}}\n"
+                     "split: {train: 0.7, validation: 0.15, test: 0.15, seed: 42}\n")
+            job = job_from_text(sample_job(files, step=50_000, dataset_extra=cache,
+                                           rest=model))
+            with PeakMemory() as peak:
+                start = time.perf_counter()
+                result = train(job, cluster=client, out=f"{tmp}/b-{mode}", progress=False)
+                total = time.perf_counter() - start
+            name = "streamed" if mode == "true" else "held"
+            n_features = len(result.metadata["features"]["names"])
+            figures["matrix_mb"] = round(args.events * (4 * n_features + 8) / 1e6)
+            figures[name] = {
+                "mode": result.metrics["loader"]["mode"],
+                "events_per_s": [round(r) for r in
+                                 result.metrics["history"]["events_per_second"]],
+                "peak_rss_all_processes_mb": round(peak.peak / 1e6),
+                "peak_rows_held": result.metrics["loader"]["peak_rows_held"],
+                "partition_reads": result.metrics["loader"].get("partition_reads"),
+                "auc": round(result.metrics["auc"], 4), "total_s": round(total, 1),
+                "seconds": result.metrics["seconds"]}
+    with contextlib.suppress(Exception):
+        cluster.close(timeout=60)
+    held, streamed = figures["held"], figures["streamed"]
+    figures["ratio_streamed_vs_held_events_per_s"] = round(
+        float(np.median(streamed["events_per_s"])) / float(np.median(held["events_per_s"])),
+        3)
+    emit("nn_stream", figures)
+
 
 if __name__ == "__main__":
     main()

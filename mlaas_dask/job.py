@@ -165,10 +165,13 @@ MODEL_SCHEMA = {
                          default="none", choices=("none", "cosine", "step", "plateau")),
     "seed": Field((int,), "seed of the weights' initialisation and the batch order "
                   "(neural networks)", default=0),
-    "stream": Field((bool,), "fetch the training blocks again every epoch, memory bounded "
-                    "by the prefetch depth, instead of holding them on the training "
-                    "worker (neural networks; also chosen when they do not fit)",
-                    default=False),
+    "stream": Field((bool,), "neural networks: true streams the data (the partitions are "
+                    "read once for their statistics, then again every epoch -- from the "
+                    "feature cache when dataset.cache is set -- with memory "
+                    "bounded by the prefetch depth; nothing is held on the workers); "
+                    "false holds the feature matrix on the workers; left out, it "
+                    "streams when the matrix is estimated not to fit in half the "
+                    "workers' memory limits (one line says which)"),
     "outputs": Field((str,), "what the network gives: logits or probabilities (neural "
                      "networks; detected when left out)", choices=("logits", "probabilities")),
     "sample_size": Field((int,), "events used to fit models without partial_fit",
@@ -369,7 +372,7 @@ class ModelConfig:
     weight_decay: float = 0.0
     lr_schedule: str = "none"
     seed: int = 0
-    stream: bool = False
+    stream: bool | None = None
     outputs: str | None = None
     workers: int = 1
 

@@ -78,11 +78,11 @@ def _run_epochs(loader: Loader) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stream", [False, True], ids=["memory", "stream"])
+@pytest.mark.parametrize("stream", [False, True], ids=["memory", "held"])
 def test_loader_on_worker_processes(client, stream: bool) -> None:
     """Each partition holds one class, and is held by one of two worker processes: no
-    batch is one class, every row comes once per epoch, epochs differ; streaming holds
-    a bounded number of rows."""
+    batch is one class, every row comes once per epoch, epochs differ; fetching the
+    chunks again every epoch (mode held) holds a bounded number of rows."""
     sizes = [(1, 900)] * 9 + [(0, 1200), (0, 600)]
     futures, start = [], 0
     for label, n in sizes:
@@ -90,7 +90,7 @@ def test_loader_on_worker_processes(client, stream: bool) -> None:
         start += n
     data = from_partitions(client, futures, Preprocess(0.0), (1.0, 1.0), n_features=2,
                            batch_size=128, stream=stream, memory_limit=0)
-    assert data.mode == ("stream" if stream else "memory")
+    assert data.mode == ("held" if stream else "memory")
     result = client.submit(_epochs, data, 128, pure=False).result()
     total = sum(n for _, n in sizes)
     for epoch_batches in result["batches"]:
@@ -112,7 +112,7 @@ def test_loader_on_worker_processes(client, stream: bool) -> None:
 
 
 @pytest.mark.slow
-def test_splits_that_do_not_fit_are_streamed(client) -> None:
+def test_splits_that_do_not_fit_the_trainer_are_fetched_every_epoch(client) -> None:
     futures = [client.submit(_one_class_partition, label, 1000, 1000 * label, pure=False)
                for label in (0, 1)]
     args = {"n_features": 2, "batch_size": 64, "stream": False}
@@ -121,7 +121,7 @@ def test_splits_that_do_not_fit_are_streamed(client) -> None:
     # 2000 rows x (2 features + label + weight): 24 kB; a limit of 20 kB does not hold it
     small = from_partitions(client, futures, Preprocess(0.0), (1, 1), memory_limit=20_000,
                             **args)
-    assert (fits.mode, small.mode) == ("memory", "stream")
+    assert (fits.mode, small.mode) == ("memory", "held")
 
 
 @pytest.mark.slow
@@ -188,3 +188,37 @@ def test_training_allocator_stops_page_faults_in_dask_workers() -> None:
         plain = own.submit(_faults_per_batch, False, pure=False).result()
         tuned = own.submit(_faults_per_batch, True, pure=False).result()
     assert plain > 100 and tuned < plain / 10, (plain, tuned)  # measured: 414 and 11
+
+
+def test_prefetch_hands_over_every_chunk_to_a_slow_consumer() -> None:
+    """The prefetch thread keeps at most ``depth`` chunks queued or in flight and hands
+    over every one, however slowly the trainer takes them (it once ended the epoch when
+    the queue was full and nothing was in flight)."""
+    import time
+
+    from mlaas_dask.nn.loader import Prefetch
+
+    class Fake:
+        def __init__(self) -> None:
+            self.in_flight = self.most = 0
+
+        def submit(self, chunk):
+            self.in_flight += 1
+            self.most = max(self.most, self.in_flight)
+            return chunk
+
+        def collect(self, chunk):
+            self.in_flight -= 1
+            n = chunk[0].rows
+            return np.zeros((n, 1), np.float32), np.zeros(n, np.int64), np.ones(n, np.float32)
+
+    fake = Fake()
+    chunks = [[Piece(i, 0, 10 + i)] for i in range(12)]
+    prefetch = Prefetch(fake, chunks, depth=2)
+    got = []
+    for arrays in prefetch:
+        time.sleep(0.02)
+        got.append(len(arrays[1]))
+    prefetch.close()
+    assert got == [10 + i for i in range(12)]
+    assert fake.most <= 2

@@ -420,7 +420,8 @@ def train_ranks(client: Client, config: Any, data: Any, futures: Sequence[Any],
         its rows that its worker held.
     """
     rows = list(data.rows["train"])
-    held = holders_of(client, futures)
+    # streamed data (no futures): no worker holds anything, any rank may take any part
+    held = holders_of(client, futures) if futures else [None] * len(rows)
     workers = _enough_ranks(list(workers), rows)
     parts = assign_partitions(held, rows, workers)
     rank_rows = [sum(rows[p] for p in ps) for ps in parts]

@@ -1,27 +1,39 @@
-"""The loader: the feature partitions the workers hold -> mixed, preprocessed batches on
-the training worker, the next blocks prefetched in a background thread.
+"""The loader: the training split -> mixed, preprocessed batches on the training worker,
+the next chunks prefetched (and fetched in parallel) in a background thread.
 
 Partitions usually hold one file, hence one class. Every epoch the loader cuts the
-training split into *chunks* (about one partition's rows each), each made of pieces of
-several partitions of every class (weaver-core's file mixing): a class with fewer
-partitions than there are chunks has its partitions sliced into more pieces, so every
-chunk holds events of every class. A chunk's rows are shuffled (and the few rows left
-after its last full batch go into the next chunk), so no batch is one class.
+training split into *chunks*, each made of pieces of several partitions of every class
+(weaver-core's file mixing): a class with fewer partitions than there are chunks has
+its partitions sliced into more pieces, so every chunk holds events of every class. A
+chunk's rows are shuffled (and the few rows left after its last full batch go into the
+next chunk), so no batch is one class.
 
 Pieces are cut and preprocessed (NaN fill, scaling, class-balance factors folded into
-the event weights) by small tasks where the partitions live; only the chunk travels to
-the trainer. Two modes (``TrainingData.mode``):
+the event weights) by small tasks where the partitions are; only the chunk travels to
+the trainer. Three modes (``TrainingData.mode``):
 
-- ``memory`` -- the splits fit the training worker (at most :data:`MEMORY_FRACTION` of
-  its memory limit) and no streaming was asked: the first epoch trains on the chunks as
-  they arrive and keeps them in one array; later epochs shuffle all its rows.
-- ``stream`` -- ``model.stream: true``, or the splits do not fit: every epoch fetches its
-  chunks again, at most ``prefetch + 1`` of them held at a time (``peak_rows`` in the
-  loader's report says how many rows that was).
+- ``memory`` -- the partitions are held on the workers (:func:`from_partitions`) and
+  the splits fit the training worker (at most :data:`MEMORY_FRACTION` of its memory
+  limit): the first epoch trains on the chunks as they arrive and keeps them in one
+  array; later epochs shuffle all its rows.
+- ``held`` -- the partitions are held on the workers but the splits do not fit the
+  training worker: every epoch fetches its chunks again from them.
+- ``stream`` -- nothing is held (:func:`from_stream`, for jobs whose matrix does not fit
+  in the cluster's memory, or ``model.stream: true``): every epoch's chunks are made by
+  tasks that read their partitions again (:meth:`StreamSource.read
+  <mlaas_dask.train.matrix.StreamSource.read>`: the feature cache first, when there is
+  one), at most ``prefetch`` chunks' partitions being read at once and at most
+  ``prefetch + 2`` chunks on the training worker (``peak_rows_held`` in the loader's
+  report says how many rows that was). Chunks are then about one partition of every
+  class, so each partition is read about once per epoch (more for a class with fewer
+  partitions: ``partition_reads`` says how many reads an epoch took). The validation
+  split is scored inside per-partition tasks (:meth:`Loader.map_validation`): only the
+  scores travel.
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 import math
 import queue
@@ -62,13 +74,17 @@ class TrainingData:
     Attributes
     ----------
     keys
-        The Dask keys of the per-partition results (held by the client while training).
+        The Dask keys of the per-partition results (held by the client while training;
+        empty when streaming).
     rows, counts
         Per split, each partition's rows and events per class.
     preprocess
         Applied to every piece where it is cut.
     factors
         Per-class factors of the event weights (class balancing; ones without it).
+    stream
+        How to read the partitions again (:class:`~mlaas_dask.train.matrix.StreamSource`;
+        mode ``stream`` only).
     """
 
     keys: list[str]
@@ -80,6 +96,7 @@ class TrainingData:
     mode: str = "memory"
     chunk_rows: int = 0
     prefetch: int = PREFETCH
+    stream: Any = None
 
     def total(self, split: str) -> int:
         return int(sum(self.rows[split]))
@@ -93,7 +110,8 @@ def from_partitions(client: Any, futures: list[Any], preprocess: Preprocess,
                     memory_limit: int) -> TrainingData:
     """The :class:`TrainingData` of the per-partition results ``futures`` (as
     :func:`mlaas_dask.train.matrix.build_matrices` holds them): their rows and classes
-    per split are read from the tasks' small stats."""
+    per split are read from the tasks' small stats. Mode ``memory`` when the splits fit
+    the training worker's ``memory_limit`` and ``stream`` is false, else ``held``."""
     from mlaas_dask.train.matrix import _get_stats
 
     stats = client.gather(client.map(_get_stats, futures, pure=False))
@@ -105,7 +123,26 @@ def from_partitions(client: Any, futures: list[Any], preprocess: Preprocess,
     data.chunk_rows = max(4 * batch_size, int(np.median(in_use)) if in_use else batch_size)
     fits = data.nbytes("train") + data.nbytes("validation") <= MEMORY_FRACTION * (
         memory_limit or float("inf"))
-    data.mode = "memory" if fits and not stream else "stream"
+    data.mode = "memory" if fits and not stream else "held"
+    return data
+
+
+def from_stream(source: Any, preprocess: Preprocess, factors: Any, n_features: int,
+                batch_size: int) -> TrainingData:
+    """The :class:`TrainingData` of a streamed job (mode ``stream``) from its
+    :class:`~mlaas_dask.train.matrix.StreamSource`: chunks of about one partition of
+    every class (the sum over the classes of their median training rows per partition),
+    so that each partition is read about once per epoch."""
+    rows = {s: list(source.rows[s]) for s in ("train", "validation")}
+    counts = {s: [list(c) for c in source.counts[s]] for s in ("train", "validation")}
+    data = TrainingData([], rows, counts, preprocess, tuple(float(f) for f in factors),
+                        n_features, mode="stream", stream=source)
+    per_class: dict[int, list[int]] = {}
+    for n, c in zip(rows["train"], counts["train"], strict=True):
+        if n:
+            per_class.setdefault(int(np.argmax(c)), []).append(n)
+    typical = sum(int(np.median(v)) for v in per_class.values()) or batch_size
+    data.chunk_rows = max(4 * batch_size, typical)
     return data
 
 
@@ -153,16 +190,27 @@ def whole_partitions(rows: list[int]) -> list[list[Piece]]:
     return [[Piece(p, 0, n)] for p, n in enumerate(rows) if n]
 
 
+def read_pieces(source: Any, index: int, split: str, bounds: list[tuple[int, int]],
+                preprocess: Preprocess, factors: tuple[float, ...]) -> Arrays:
+    """The pieces ``bounds`` of partition ``index``'s split, read again and cut, joined
+    (a streaming task: the partition lives only while it runs)."""
+    result = source.read(index)
+    parts = [cut_piece(result, split, a, b, preprocess, factors) for a, b in bounds]
+    return parts[0] if len(parts) == 1 else _join(parts)
+
+
 @dataclass
 class Fetcher:
-    """Fetches chunks from the cluster, from inside a task (the worker's client)."""
+    """Fetches chunks of the partitions held on the workers, from inside a task (the
+    worker's client): :meth:`submit` starts a chunk's tasks, :meth:`collect` gathers it."""
 
     data: TrainingData
     split: str
     client: Any = None
     futures: dict[str, Any] = field(default_factory=dict)
+    reads: int = 0
 
-    def __call__(self, chunk: list[Piece]) -> Arrays:
+    def submit(self, chunk: list[Piece]) -> list[Any]:
         from distributed import Future
 
         client = self.client
@@ -173,22 +221,46 @@ class Fetcher:
             tasks.append(client.submit(cut_piece, source, self.split, piece.start,
                                        piece.stop, self.data.preprocess, self.data.factors,
                                        pure=False))
-        parts = client.gather(tasks)
+        return tasks
+
+    def collect(self, tasks: list[Any]) -> Arrays:
+        parts = self.client.gather(tasks)
         return parts[0] if len(parts) == 1 else _join(parts)
+
+    def __call__(self, chunk: list[Piece]) -> Arrays:
+        return self.collect(self.submit(chunk))
+
+
+@dataclass
+class StreamFetcher(Fetcher):
+    """:class:`Fetcher` of a streamed job: one task per partition of the chunk reads it
+    again and cuts its pieces (:func:`read_pieces`); nothing stays on the workers."""
+
+    def submit(self, chunk: list[Piece]) -> list[Any]:
+        by_part: dict[int, list[tuple[int, int]]] = {}
+        for piece in chunk:
+            by_part.setdefault(piece.part, []).append((piece.start, piece.stop))
+        source = self.data.stream
+        self.reads += len(by_part)
+        return [self.client.submit(read_pieces, source, part, self.split, bounds,
+                                   self.data.preprocess, self.data.factors, pure=False,
+                                   **source.restrict())
+                for part, bounds in by_part.items()]
 
 
 class Prefetch:
-    """Runs ``fetch`` over ``chunks`` in a background thread, at most ``depth`` results
-    ahead of the consumer; errors are raised in the consumer. Tracks the most rows held
-    at once (queued and being consumed)."""
+    """Runs ``fetcher`` over ``chunks`` in a background thread: up to ``depth`` chunks
+    fetched or being fetched ahead of the consumer (their tasks run in parallel on the
+    cluster); errors are raised in the consumer. Tracks the most rows held at once
+    (queued, being consumed, and just gathered)."""
 
     _DONE = object()
 
-    def __init__(self, fetch: Callable[[list[Piece]], Arrays], chunks: list[list[Piece]],
-                 depth: int) -> None:
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
+    def __init__(self, fetcher: Any, chunks: list[list[Piece]], depth: int) -> None:
+        self.depth = max(1, depth)
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=self.depth)
         self._stop = threading.Event()
-        self._fetch, self._chunks = fetch, chunks
+        self._fetcher, self._chunks = fetcher, chunks
         self.held = 0
         self.peak = 0
         self._lock = threading.Lock()
@@ -196,11 +268,22 @@ class Prefetch:
         self._thread.start()
 
     def _run(self) -> None:
+        pending: collections.deque[Any] = collections.deque()
+        todo = iter(self._chunks)
         try:
-            for chunk in self._chunks:
-                if self._stop.is_set():
-                    return
-                arrays = self._fetch(chunk)
+            exhausted = False
+            while not self._stop.is_set():
+                # at least one chunk in flight; more while the queue has room for them
+                while not exhausted and (not pending or len(pending)
+                                         + self._queue.qsize() < self.depth):
+                    chunk = next(todo, None)
+                    if chunk is None:
+                        exhausted = True
+                    else:
+                        pending.append(self._fetcher.submit(chunk))
+                if not pending:
+                    break
+                arrays = self._fetcher.collect(pending.popleft())
                 self._count(len(arrays[1]))
                 while not self._stop.is_set():
                     try:
@@ -211,6 +294,10 @@ class Prefetch:
         except BaseException as err:  # noqa: BLE001 - handed to the consumer
             self._queue.put(err)
             return
+        finally:
+            if pending and self._stop.is_set():
+                for tasks in pending:
+                    self._fetcher.client.cancel(tasks)
         self._queue.put(self._DONE)
 
     def _count(self, rows: int) -> None:
@@ -302,8 +389,7 @@ class Loader:
 
     def __init__(self, data: TrainingData, batch_size: int, seed: int, rank: int = 0,
                  world: int = 1, client: Any = None,
-                 fetch: Callable[[str], Callable[[list[Piece]], Arrays]] | None = None
-                 ) -> None:
+                 fetch: Callable[[str], Any] | None = None) -> None:
         self.data = data
         self.batch_size = batch_size
         self.rank, self.world = rank, world
@@ -313,13 +399,16 @@ class Loader:
 
             # taken here, in the task's thread: the prefetch threads have no worker context
             client = client or get_client()
-            fetch = lambda split: Fetcher(data, split, client)  # noqa: E731
+            kind = StreamFetcher if data.mode == "stream" else Fetcher
+            fetch = lambda split: kind(data, split, client)  # noqa: E731
+        self.client = client
         self._fetch = fetch
         self._train = self._fetch("train")
         self._store: Store | None = None
         self._validation: Arrays | None = None
         self.peak_rows = 0
         self.chunks_fetched = 0
+        self.validation_reads = 0
 
     def epoch(self, epoch: int) -> Iterator[Arrays]:
         """The training batches of one epoch."""
@@ -348,7 +437,8 @@ class Loader:
             yield self._validation
             return
         chunks = whole_partitions(self.data.rows["validation"])
-        prefetch = Prefetch(self._fetch("validation"), chunks, self.data.prefetch)
+        fetcher = self._fetch("validation")
+        prefetch = Prefetch(fetcher, chunks, self.data.prefetch)
         kept: list[Arrays] = []
         try:
             for block in prefetch:
@@ -357,12 +447,51 @@ class Loader:
                 yield block
         finally:
             prefetch.close()
+            self.validation_reads += getattr(fetcher, "reads", 0)
         if self.data.mode == "memory" and kept:
             self._validation = _join(kept)
 
+    @property
+    def remote_validation(self) -> bool:
+        """Whether the validation split is scored where it is read
+        (:meth:`map_validation`) rather than fetched (:meth:`validation`)."""
+        return self.data.mode == "stream" and self.client is not None
+
+    def map_validation(self, score: Callable[..., Any], *args: Any) -> Iterator[Any]:
+        """``score(x, y, w, *args)`` of every validation partition, run in tasks that read
+        the partition again (mode ``stream``): only what ``score`` returns travels. At
+        most the cluster's threads' partitions are alive at once."""
+        from distributed import as_completed
+
+        data, source = self.data, self.data.stream
+        tasks = [self.client.submit(_score_partition, source, part, data.preprocess,
+                                    data.factors, score, *args, pure=False,
+                                    **source.restrict())
+                 for part, rows in enumerate(data.rows["validation"]) if rows]
+        self.validation_reads += len(tasks)
+        try:
+            for future in as_completed(tasks):
+                yield future.result()
+        finally:
+            self.client.cancel(tasks)
+
     def report(self) -> dict[str, Any]:
         """metrics.json's ``loader`` entry."""
-        return {"mode": self.data.mode, "chunk_rows": self.data.chunk_rows,
-                "prefetch": self.data.prefetch, "chunks_fetched": self.chunks_fetched,
-                "peak_rows_held": self.peak_rows,
-                "training_rows": self.data.total("train")}
+        out = {"mode": self.data.mode, "chunk_rows": self.data.chunk_rows,
+               "prefetch": self.data.prefetch, "chunks_fetched": self.chunks_fetched,
+               "peak_rows_held": self.peak_rows,
+               "training_rows": self.data.total("train")}
+        if self.data.mode == "stream":
+            out["partition_reads"] = getattr(self._train, "reads", 0)
+            out["validation_reads"] = self.validation_reads
+            out["partitions"] = sum(1 for n in self.data.rows["train"] if n)
+        return out
+
+
+def _score_partition(source: Any, index: int, preprocess: Preprocess,
+                     factors: tuple[float, ...], score: Callable[..., Any],
+                     *args: Any) -> Any:
+    """One validation partition read again, preprocessed and scored (a task)."""
+    result = source.read(index)
+    rows = len(result["validation"][1])
+    return score(*cut_piece(result, "validation", 0, rows, preprocess, factors), *args)

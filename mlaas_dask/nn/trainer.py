@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -89,7 +90,9 @@ def train_task(config: TrainConfig, data: TrainingData) -> dict[str, Any]:
     address = get_worker().address
     secede()
     try:
-        with training_allocator():
+        # streamed data passes through this worker chunk after chunk: hand freed heap
+        # back above 16 MB, or its RSS would keep up to 256 MB of old chunks
+        with training_allocator(16 << 20 if data.mode == "stream" else 256 << 20):
             result = train_rank(config, data)
     finally:
         rejoin()
@@ -102,7 +105,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
 @contextlib.contextmanager
-def training_allocator() -> Iterator[None]:
+def training_allocator(trim_threshold: int = 256 << 20) -> Iterator[None]:
     """glibc's allocator set for training while the block runs, in a Dask worker.
 
     Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``; setting it pins
@@ -125,7 +128,7 @@ def training_allocator() -> Iterator[None]:
         yield
         return
     libc.mallopt(_M_MMAP_THRESHOLD, 64 << 20)
-    libc.mallopt(_M_TRIM_THRESHOLD, 256 << 20)
+    libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold)
     try:
         yield
     finally:
@@ -386,36 +389,91 @@ def probabilities(outputs: Any, config: TrainConfig) -> Any:
 def evaluate(network: Any, loader: Loader, loss_fn: Any, weighted: bool,
              config: TrainConfig, device: Any) -> tuple[float | None, float | None]:
     """The validation loss (event-weighted) and AUC, or (None, None) without a
-    validation split."""
+    validation split. Streamed jobs score it inside the tasks that read its partitions
+    (:meth:`Loader.map_validation`), the network's weights sent along."""
     import torch
-    from sklearn.metrics import roc_auc_score
 
     network.eval()
     total = weight = 0.0
     scores, labels = [], []
-    with torch.no_grad():
-        for x, y, w in loader.validation():
-            for start in range(0, len(y), 65536):
-                xb = torch.from_numpy(x[start:start + 65536]).to(device)
-                yb = torch.from_numpy(y[start:start + 65536]).to(device)
-                wb = torch.from_numpy(w[start:start + 65536]).to(device)
-                out = network(xb)
-                loss, batch_weight = batch_loss(out, yb, wb, loss_fn, weighted, config)
-                total += loss.item() * batch_weight
-                weight += batch_weight
-                scores.append(probabilities(out, config).float().cpu().numpy())
-                labels.append(y[start:start + 65536])
+    if loader.remote_validation:
+        weights = state_bytes(_state_copy(network))
+        for part_total, part_weight, part_scores, part_labels in loader.map_validation(
+                score_validation, config, weights):
+            total += part_total
+            weight += part_weight
+            scores.append(part_scores)
+            labels.append(part_labels)
+    else:
+        with torch.no_grad():
+            for x, y, w in loader.validation():
+                part = _score_block(network, x, y, w, loss_fn, weighted, config, device)
+                total, weight = total + part[0], weight + part[1]
+                scores.append(part[2])
+                labels.append(part[3])
     if not labels:
         return None, None
-    y_all, s_all = np.concatenate(labels), np.concatenate(scores)
+    return total / max(weight, 1e-30), _auc(np.concatenate(labels), np.concatenate(scores),
+                                            config)
+
+
+def _auc(y_all: np.ndarray, s_all: np.ndarray, config: TrainConfig) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
     if len(np.unique(y_all)) < 2:
-        return total / max(weight, 1e-30), None
+        return None
     if config.n_classes == 2:
-        auc = float(roc_auc_score(y_all, s_all))
-    else:
-        auc = float(roc_auc_score(y_all, s_all, multi_class="ovr",
-                                  labels=list(range(config.n_classes))))
-    return total / max(weight, 1e-30), auc
+        return float(roc_auc_score(y_all, s_all))
+    return float(roc_auc_score(y_all, s_all, multi_class="ovr",
+                               labels=list(range(config.n_classes))))
+
+
+def _score_block(network: Any, x: np.ndarray, y: np.ndarray, w: np.ndarray, loss_fn: Any,
+                 weighted: bool, config: TrainConfig,
+                 device: Any) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """A block's weighted loss total, weight, scores and labels (in no_grad mode)."""
+    import torch
+
+    total = weight = 0.0
+    scores = []
+    for start in range(0, len(y), 65536):
+        xb = torch.from_numpy(x[start:start + 65536]).to(device)
+        yb = torch.from_numpy(y[start:start + 65536]).to(device)
+        wb = torch.from_numpy(w[start:start + 65536]).to(device)
+        out = network(xb)
+        loss, batch_weight = batch_loss(out, yb, wb, loss_fn, weighted, config)
+        total += loss.item() * batch_weight
+        weight += batch_weight
+        scores.append(probabilities(out, config).float().cpu().numpy())
+    empty = np.zeros((0,) if config.n_classes == 2 else (0, config.n_classes), np.float32)
+    return total, weight, np.concatenate(scores) if scores else empty, y
+
+
+#: the network last built by :func:`score_validation` in this process: (key, network)
+_SCORING: dict[str, Any] = {}
+_SCORING_LOCK = threading.Lock()
+
+
+def score_validation(x: np.ndarray, y: np.ndarray, w: np.ndarray, config: TrainConfig,
+                     weights: bytes) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """A validation partition scored where it was read (a streamed job's task, on CPU):
+    the network built from its file with ``weights`` (once per epoch and process)."""
+    import hashlib
+
+    import torch
+
+    key = f"{config.topic}-{hashlib.sha1(weights).hexdigest()}"
+    with _SCORING_LOCK:
+        network = _SCORING.get(key)
+        if network is None:
+            _SCORING.clear()
+            network = load_state(config.network.build(config.n_features, config.kind),
+                                 weights).eval()
+            _SCORING[key] = network
+    loss_fn, weighted = make_loss(config)
+    with torch.no_grad():
+        return _score_block(network, x, y, w, loss_fn, weighted, config,
+                            torch.device("cpu"))
 
 
 def _state_copy(network: Any) -> dict[str, Any]:

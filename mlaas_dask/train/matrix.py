@@ -2,12 +2,23 @@
 
 One task per partition reads its events (only the needed branches), applies the cut,
 runs :meth:`FeatureSpec.transform` and splits the rows; the results stay on the workers
-and become dask arrays with known chunk sizes for ``xgboost.dask``.
+and become dask arrays with known chunk sizes for ``xgboost.dask``
+(:func:`build_matrices`).
+
+Jobs whose matrix does not fit in the cluster's memory (:func:`estimate_memory`, from
+the partitions' entries before anything is read), or that ask for it, are *streamed*
+(:func:`stream_matrices`): the read pass keeps only each partition's stats and the
+moments the preprocessing is fitted from, releases the partitions, and the matrices are
+lazy dask arrays whose every computation reads the partitions again
+(:func:`read_and_process`: the feature cache first when there is one). Their
+:class:`StreamSource` lets the network loader and XGBoost's external memory read the
+partitions themselves, a few at a time.
 """
 
 from __future__ import annotations
 
 import math
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +64,116 @@ class Matrices:
     stats: MatrixStats = field(default_factory=MatrixStats)
     #: the per-partition results held on the workers (release them to free memory)
     futures: list[Any] = field(default_factory=list)
+    #: streamed matrices (nothing held): how to read the partitions again
+    stream: StreamSource | None = None
+    #: the memory estimate that chose between holding and streaming (None: not made)
+    estimate: MemoryEstimate | None = None
+
+
+#: the share of the workers' memory limits a held feature matrix may take
+CLUSTER_FRACTION = 0.5
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """The feature matrix's size, from the partitions' entries, vs the cluster's memory.
+
+    Attributes
+    ----------
+    matrix_bytes, train_bytes
+        Every split (as :func:`build_matrices` holds them) and the training split alone:
+        entries x (4 bytes x features + 8 for the label and weight); a cut only lowers it.
+    memory_bytes
+        The sum of the (reading) workers' memory limits; 0 when they have none.
+    """
+
+    matrix_bytes: int
+    train_bytes: int
+    memory_bytes: int
+    workers: int
+
+    @property
+    def fits(self) -> bool:
+        """Whether the matrix takes at most :data:`CLUSTER_FRACTION` of the memory."""
+        return not self.memory_bytes or self.matrix_bytes <= CLUSTER_FRACTION * self.memory_bytes
+
+    def describe(self) -> str:
+        """The estimate in words (the start of the line the pipeline prints)."""
+        limit = (f"{CLUSTER_FRACTION:g} x the memory limits of {self.workers} workers "
+                 f"({_mb(self.memory_bytes)} in all)" if self.memory_bytes
+                 else f"{self.workers} workers without memory limits")
+        return (f"Feature matrix about {_mb(self.matrix_bytes)} (training split "
+                f"{_mb(self.train_bytes)}) vs {limit}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"matrix_bytes": self.matrix_bytes, "train_bytes": self.train_bytes,
+                "memory_bytes": self.memory_bytes, "workers": self.workers,
+                "cluster_fraction": CLUSTER_FRACTION, "fits": self.fits}
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.0f} MB" if n < 1e10 else f"{n / 1e9:,.1f} GB"
+
+
+def estimate_memory(client: Any, dataset: Dataset | CollectionDataset, plan: PartitionPlan,
+                    workers: list[str] | None = None) -> MemoryEstimate | None:
+    """:class:`MemoryEstimate` of a dataset of files before reading it (None for
+    dask-awkward collections, whose entries are not known before reading)."""
+    if isinstance(dataset, CollectionDataset):
+        return None
+    info = client.scheduler_info().get("workers", {})
+    chosen = [w for a, w in info.items() if not workers or a in workers]
+    limits = [int(w.get("memory_limit") or 0) for w in chosen]
+    memory = 0 if not limits or not all(limits) else sum(limits)
+    per_row = 4 * plan.spec.n_features + 8
+    entries = sum(p.entries for p in dataset.partitions)
+    return MemoryEstimate(entries * per_row, int(entries * plan.fractions[0]) * per_row,
+                          memory, len(chosen))
+
+
+@dataclass
+class StreamSource:
+    """How to read a streamed job's partitions again (picklable: sent to the tasks that
+    read them), with what the read pass learnt of each.
+
+    Attributes
+    ----------
+    rows, counts
+        Per split, each partition's rows and events per class.
+    moments
+        Per partition, the :func:`~mlaas_dask.train.preprocess.feature_moments` of its
+        training split (raw features).
+    workers
+        The workers allowed to read (None: any).
+    """
+
+    partitions: list[Partition]
+    sources: list[PartitionSource]
+    plan: PartitionPlan
+    rows: dict[str, list[int]]
+    counts: dict[str, list[list[int]]]
+    moments: list[Any]
+    workers: list[str] | None = None
+
+    def read(self, index: int) -> dict[str, Any]:
+        """Partition ``index`` read again (on a worker), checked against the read pass."""
+        result = read_and_process(self.partitions[index], self.sources[index], self.plan)
+        for name in SPLIT_NAMES:
+            expected = self.rows[name][index] if name in self.rows else None
+            if expected is not None and len(result[name][1]) != expected:
+                raise DataError(
+                    f"Entries {self.partitions[index].start}-{self.partitions[index].stop} "
+                    f"of {display(self.partitions[index].path)} gave "
+                    f"{len(result[name][1]):,} {name} events when read again, "
+                    f"{expected:,} the first time: streamed training reads every partition "
+                    "once per pass and needs the same events each time. Check that the "
+                    "file did not change (or failed to read: dataset.on_error) and run "
+                    "the job again.")
+        return result
+
+    def restrict(self) -> dict[str, Any]:
+        """``client.submit`` keywords that keep reading on the allowed workers."""
+        return {"workers": self.workers, "allow_other_workers": False} if self.workers else {}
 
 
 def process_partition(events: Any, partition: Partition, plan: PartitionPlan) -> dict[str, Any]:
@@ -248,42 +369,125 @@ def build_matrices(
     ``workers``, when given, are the only workers allowed to read (heterogeneous
     placement: e.g. the CPU workers, leaving the GPU workers to training).
     """
-    import dask.array as da
     from dask import delayed
-
-    from mlaas_dask.logs import show_progress
 
     tasks = _partition_tasks(dataset, plan)
     restrict = {"workers": workers, "allow_other_workers": False} if workers else {}
     futures = client.compute(tasks, **restrict)
-    if progress:
-        show_progress(futures, "Reading partitions")
     try:
-        stats = client.gather(client.map(_get_stats, futures, pure=False))
+        stats, report = _read_pass(
+            client, futures, dataset, progress,
+            lambda: client.gather(client.map(_get_stats, futures, pure=False)))
     except BaseException:
         client.cancel(futures)
         raise
+    matrices = _matrices(stats, report, dataset, plan, futures,
+                         delayed(_get_split, pure=False))  # impure: a build of its own
+    matrices.futures = futures
+    return matrices
+
+
+def stream_matrices(
+    client: Any, dataset: Dataset, plan: PartitionPlan, progress: bool = True,
+    workers: list[str] | None = None,
+) -> Matrices:
+    """:func:`build_matrices` for jobs that stream: one read pass keeps each partition's
+    stats and training-split moments only (the partitions are released as soon as they
+    are made); the matrices are lazy dask arrays whose computation reads the partitions
+    again, and :attr:`Matrices.stream` says how to read them.
+
+    Raises
+    ------
+    ConfigError
+        For dask-awkward collections (``train(job, events=...)``): their partitions come
+        from the user's graph and are held instead.
+    """
+    from dask import delayed
+
+    from mlaas_dask.errors import ConfigError
+
+    if isinstance(dataset, CollectionDataset):
+        raise ConfigError("model.stream needs a dataset of files: dask-awkward collections "
+                          "(train(job, events=...)) are read once and held. Set "
+                          "model.stream: false, or list the files in the job.",
+                          key="model.stream")
+    sources = dataset.sources()
+    restrict = {"workers": workers, "allow_other_workers": False} if workers else {}
+    futures = client.map(scan_partition, dataset.partitions,
+                         [sources[p.file] for p in dataset.partitions],
+                         plan=plan, pure=False, **restrict)
     try:
-        report = (dataset.read_report(stats) if isinstance(dataset, CollectionDataset)
-                  else read_report(stats, dataset))
-    except DataError:
+        stats, report = _read_pass(client, futures, dataset, progress,
+                                   lambda: client.gather(futures))
+    except BaseException:
         client.cancel(futures)
         raise
-    matrices = Matrices({}, {}, {}, _summarise(stats, dataset, plan), futures)
+    client.cancel(futures)  # only their stats: nothing to keep
+    rows = {name: [int(sum(st[name])) for st in stats] for name in SPLIT_NAMES}
+    counts = {name: [list(map(int, st[name])) for st in stats] for name in SPLIT_NAMES}
+    source = StreamSource(list(dataset.partitions), [sources[p.file] for p in
+                                                     dataset.partitions], plan, rows,
+                          counts, [st.pop("moments") for st in stats], workers)
+    reads = [delayed(_read_again, pure=False)(source, i,
+                                              dask_key_name=f"stream-read-{uuid.uuid4().hex}")
+             for i in range(len(source.partitions))]
+    matrices = _matrices(stats, report, dataset, plan, reads, delayed(_get_split, pure=True))
+    matrices.stream = source
+    return matrices
+
+
+def scan_partition(partition: Partition, source: PartitionSource,
+                   plan: PartitionPlan) -> dict[str, Any]:
+    """The streaming read pass of one partition (runs on a worker):
+    :func:`read_and_process` (which fills the feature cache, when there is one), and
+    only the stats and the training split's feature moments are kept."""
+    from mlaas_dask.train.preprocess import feature_moments
+
+    result = read_and_process(partition, source, plan)
+    stats = result["stats"]
+    stats["moments"] = feature_moments(result["train"][0])
+    return dict(stats)
+
+
+def _read_again(source: StreamSource, index: int) -> dict[str, Any]:
+    return source.read(index)
+
+
+def _read_pass(client: Any, futures: list[Any], dataset: Dataset | CollectionDataset,
+               progress: bool, gather: Any) -> tuple[list[dict[str, Any]], ReadReport]:
+    """The stats of a read pass's tasks, once they are done (a progress bar), checked by
+    the read report."""
+    from mlaas_dask.logs import show_progress
+
+    if progress:
+        show_progress(futures, "Reading partitions")
+    stats: list[dict[str, Any]] = gather()
+    report = (dataset.read_report(stats) if isinstance(dataset, CollectionDataset)
+              else read_report(stats, dataset))
+    return stats, report
+
+
+def _matrices(stats: list[dict[str, Any]], report: ReadReport,
+              dataset: Dataset | CollectionDataset, plan: PartitionPlan, parts: list[Any],
+              getter: Any) -> Matrices:
+    """Dask arrays per split over the per-partition results ``parts`` (futures or lazy
+    tasks) of known rows."""
+    import dask.array as da
+
+    matrices = Matrices({}, {}, {}, _summarise(stats, dataset, plan))
     matrices.stats["read_report"] = report
     n_features = plan.spec.n_features
-    # impure: a second build on the same client (tune, then train) gets its own keys
-    getter = delayed(_get_split, pure=False)
     for name in SPLIT_NAMES:
         blocks_x, blocks_y, blocks_w = [], [], []
-        for future, stat in zip(futures, stats, strict=True):
+        for part, stat in zip(parts, stats, strict=True):
             rows = sum(stat[name])
             if rows == 0:
                 continue
-            part = getter(future, name)
-            blocks_x.append(da.from_delayed(part[0], shape=(rows, n_features), dtype=np.float32))
-            blocks_y.append(da.from_delayed(part[1], shape=(rows,), dtype=np.int32))
-            blocks_w.append(da.from_delayed(part[2], shape=(rows,), dtype=np.float32))
+            split = getter(part, name)
+            blocks_x.append(da.from_delayed(split[0], shape=(rows, n_features),
+                                            dtype=np.float32))
+            blocks_y.append(da.from_delayed(split[1], shape=(rows,), dtype=np.int32))
+            blocks_w.append(da.from_delayed(split[2], shape=(rows,), dtype=np.float32))
         if not blocks_x:
             empty = np.zeros((0, n_features), np.float32)
             blocks_x = [da.from_array(empty)]

@@ -66,11 +66,8 @@ def fit_torch(context: FitContext, network_file: Any = None, kind: str = "torch"
         WEIGHTS_FILE,
         ModelBundle,
     )
-    from mlaas_dask.nn.loader import from_partitions
     from mlaas_dask.nn.modelfile import NetworkFile
     from mlaas_dask.train.matrix import balance_factors
-    from mlaas_dask.train.pipeline import persist_scores
-    from mlaas_dask.train.preprocess import fit_preprocess
 
     job, client, matrices = context.job, context.client, context.matrices
     model = job.model
@@ -83,12 +80,10 @@ def fit_torch(context: FitContext, network_file: Any = None, kind: str = "torch"
                           f"holds {n_train:,} events; use a batch size of at most "
                           f"{n_train:,} (or more data).", key="model.batch_size")
     start = time.perf_counter()
-    preprocess = fit_preprocess(client, matrices.X["train"], model.fill_value, model.scale)
     stats = matrices.stats
     factors = (balance_factors(stats["weight_per_class"]["train"]) if model.balance_classes
                else np.ones(len(context.classes)))
-    data = from_partitions(client, matrices.futures, preprocess, factors,
-                           context.spec.n_features, model.batch_size, model.stream, memory)
+    preprocess, data = training_data(context, factors, memory)
     logger.info("Training the network of %s on %s events per class (device=%s on %s, %d "
                 "threads, %s, batches of %d, up to %d epochs):", model.file,
                 stats["events_per_class"]["train"], config.device, address, config.threads,
@@ -103,8 +98,7 @@ def fit_torch(context: FitContext, network_file: Any = None, kind: str = "torch"
     onnx_bytes, opset, difference = export_checked(network, config, data, client)
     bundle_model = ModelBundle(context.out, context.spec, _onnx_model(onnx_bytes),
                                context.classes, kind="onnx", preprocess=preprocess)
-    scores, predict_seconds = persist_scores(client, bundle_model, matrices.X["test"],
-                                             context.stages)
+    scores, predict_seconds = test_scores(context, bundle_model)
     files = {PREPROCESS_FILE: (json.dumps(preprocess.to_dict(), indent=2) + "\n").encode(),
              WEIGHTS_FILE: result["weights"], USER_MODEL_FILE: network_file.source,
              LEARNING_CURVE_PLOT: learning_curve_png(result["history"])}
@@ -113,6 +107,8 @@ def fit_torch(context: FitContext, network_file: Any = None, kind: str = "torch"
         metrics={"epochs": result["epochs"], "best_epoch": result["best_epoch"],
                  "stopped_early": result["stopped_early"], "history": result["history"],
                  "loader": result["loader"],
+                 **({"memory_estimate": matrices.estimate.to_dict()}
+                    if matrices.estimate is not None else {}),
                  **({"data_parallel": result["data_parallel"]}
                     if "data_parallel" in result else {})},
         model_metadata={"kind": kind, "file": ONNX_FILE, "format": "onnx",
@@ -121,9 +117,54 @@ def fit_torch(context: FitContext, network_file: Any = None, kind: str = "torch"
                         "onnx_max_difference": difference, "device": config.device,
                         "threads": result["threads"], "worker": result.get("worker"),
                         "scaled": model.scale, "fill_value": model.fill_value,
+                        "data": _data_record(result["loader"], matrices),
                         "params": _params(model)},
         timings={"train": train_seconds, "predict": predict_seconds},
     )
+
+
+def training_data(context: FitContext, factors: Any, memory: int) -> tuple[Any, Any]:
+    """The preprocessing fitted on the training split, and the loader's
+    :class:`~mlaas_dask.nn.loader.TrainingData`: from the moments the streaming read pass
+    kept (streamed matrices: nothing is read here), else from the held partitions."""
+    from mlaas_dask.nn.loader import from_partitions, from_stream
+    from mlaas_dask.train.preprocess import fit_preprocess, preprocess_from_moments
+
+    model, matrices, n_features = context.job.model, context.matrices, context.spec.n_features
+    if matrices.stream is not None:
+        source = matrices.stream
+        preprocess = preprocess_from_moments(source.moments, n_features, model.fill_value,
+                                             model.scale)
+        return preprocess, from_stream(source, preprocess, factors, n_features,
+                                       model.batch_size)
+    preprocess = fit_preprocess(context.client, matrices.X["train"], model.fill_value,
+                                model.scale)
+    return preprocess, from_partitions(context.client, matrices.futures, preprocess,
+                                       factors, n_features, model.batch_size,
+                                       bool(model.stream), memory)
+
+
+def test_scores(context: FitContext, bundle_model: Any) -> tuple[Any, float]:
+    """The test split's scores by the bundle's model, and the seconds they took: held on
+    the workers, or, for streamed matrices, lazy -- computed with the test labels and
+    weights in the evaluation's one pass over the partitions (scored inside the tasks
+    that read them; only scores travel), so its time counts in ``evaluate``."""
+    from mlaas_dask.train.pipeline import persist_scores, score_matrix
+
+    X = context.matrices.X["test"]
+    if context.matrices.stream is not None:
+        return score_matrix(context.client, bundle_model, X), 0.0
+    return persist_scores(context.client, bundle_model, X, context.stages)
+
+
+def _data_record(loader: dict[str, Any], matrices: Any) -> dict[str, Any]:
+    """metadata.json's ``model.data``: how the training data reached the network."""
+    keys = ("mode", "peak_rows_held", "chunk_rows", "prefetch", "training_rows",
+            "partition_reads")
+    out: dict[str, Any] = {key: loader[key] for key in keys if key in loader}
+    if matrices.estimate is not None:
+        out["memory_estimate"] = matrices.estimate.to_dict()
+    return out
 
 
 def probe(network_file: Any, context: FitContext, model_kind: str = "torch") -> Any:
@@ -372,10 +413,15 @@ def _sample(client: Any, data: Any) -> np.ndarray:
     validation (else training) events."""
     from distributed import Future
 
-    from mlaas_dask.nn.loader import cut_piece
+    from mlaas_dask.nn.loader import cut_piece, read_pieces
 
     for split in ("validation", "train"):
         for part, rows in enumerate(data.rows[split]):
+            if rows and data.stream is not None:
+                future = client.submit(read_pieces, data.stream, part, split,
+                                       [(0, min(rows, CHECK_EVENTS))], data.preprocess,
+                                       data.factors, pure=False, **data.stream.restrict())
+                return np.asarray(future.result()[0])
             if rows:
                 future = client.submit(cut_piece, Future(data.keys[part], client=client),
                                        split, 0, min(rows, CHECK_EVENTS), data.preprocess,

@@ -3,7 +3,10 @@
 1. :func:`prepare` -- the job's dataset opened, its FeatureSpec resolved, the partition
    plan (cut, weights, labels, split) made; no cluster needed yet;
 2. the feature matrices computed on the cluster (:func:`~mlaas_dask.train.matrix.build_matrices`),
-   held on the workers;
+   held on the workers -- or, when they are estimated not to fit in the cluster's memory
+   or the job asks for it (:func:`choose_streaming`), read once for their statistics
+   and streamed (:func:`~mlaas_dask.train.matrix.stream_matrices`): every later use
+   reads the partitions again;
 3. the model kind's *fitter*, ``fitter(FitContext) -> Fitted`` (XGBoost, scikit-learn,
    neural networks: see :func:`register_fitter`), which trains and gives lazy test scores;
 4. :func:`~mlaas_dask.train.finish.evaluate_and_write` -- the test split scored once,
@@ -273,17 +276,48 @@ def _reweighted(job: Job, dataset: Any, plan: PartitionPlan) -> Prepared:
     return Prepared(dataset, plan.spec, replace(plan, reweight=reweighting), files)
 
 
+#: model kinds that can train on streamed matrices, and the job key that forces it
+STREAMING_KINDS = {"torch": "model.stream", "keras": "model.stream"}
+
+
+def choose_streaming(job: Job, client: Client, prepared: Prepared,
+                     stages: StagePlan) -> tuple[bool, Any]:
+    """Whether the job's matrices are streamed, and the memory estimate it was decided
+    on (:func:`~mlaas_dask.train.matrix.estimate_memory`, before reading; logged as one
+    line): streamed when the job's key says so (``model.stream: true``), or when it is
+    left out and the matrix does not fit; ``false`` always holds them."""
+    from mlaas_dask.train.matrix import estimate_memory
+
+    key = STREAMING_KINDS.get(job.model.kind)
+    if key is None:
+        return False, None
+    asked = job.model.stream
+    estimate = estimate_memory(client, prepared.dataset, prepared.plan, stages.read_workers)
+    if estimate is None:
+        return bool(asked), None
+    stream = bool(asked) if asked is not None else not estimate.fits
+    why = (f"{key}: {str(asked).lower()}" if asked is not None
+           else "does not fit" if stream else "fits")
+    logger.info("%s: %s (%s).", estimate.describe(),
+                "streamed, the partitions read again every epoch" if stream
+                else "held on the workers", why)
+    return stream, estimate
+
+
 def read_matrices(client: Client, prepared: Prepared, stages: StagePlan,
-                  progress: bool) -> Matrices:
+                  progress: bool, stream: bool = False) -> Matrices:
     """Stage 2: every partition read and turned into features on the (reading) workers,
-    the results held there; the read report logged."""
+    the results held there (or, with ``stream``, only their statistics kept); the read
+    report logged."""
     from mlaas_dask.cluster.placement import holders
-    from mlaas_dask.train.matrix import build_matrices, format_report
+    from mlaas_dask.train.matrix import build_matrices, format_report, stream_matrices
 
     logger.info("Reading events and computing features:")
-    matrices = build_matrices(client, prepared.dataset, prepared.plan, progress=progress,
-                              workers=stages.read_workers)
-    stages.ran("read_features", holders(client, matrices.futures))
+    build = stream_matrices if stream else build_matrices
+    matrices = build(client, prepared.dataset, prepared.plan,  # type: ignore[arg-type]
+                     progress=progress, workers=stages.read_workers)
+    stages.ran("read_features", holders(client, matrices.futures) if matrices.futures
+               else list(stages.read_workers or client.scheduler_info()["workers"]))
     for line in format_report(matrices.stats["read_report"]):
         logger.info(line)
     return matrices
@@ -309,7 +343,9 @@ def run(job: Job, client: Client, prepared: Prepared, out: Path, *, overwrite: b
     start = time.perf_counter()
     stages = StagePlan.for_client(client, placement)
     if matrices is None:
-        read = read_matrices(client, prepared, stages, progress)
+        stream, estimate = choose_streaming(job, client, prepared, stages)
+        read = read_matrices(client, prepared, stages, progress, stream)
+        read.estimate = estimate
         timings = {"read_features": time.perf_counter() - start}
     else:
         from mlaas_dask.cluster.placement import holders
