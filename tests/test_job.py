@@ -46,7 +46,8 @@ def test_unknown_key_names_line_and_closest_spelling() -> None:
     message = error_for(GOOD.replace("model:", "modle:"))
     assert message.startswith("job.yaml, line 10: unknown key 'modle' in the top level.")
     assert "Did you mean 'model'?" in message
-    assert "Available keys: cluster, dataset, features, model, output, reweight, split, tune." in message
+    assert ("Available keys: cluster, dataset, features, model, output, reweight, split, "
+            "tune.") in message
 
 
 def test_nested_unknown_key() -> None:
