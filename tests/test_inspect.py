@@ -486,3 +486,10 @@ def test_event_weight_hint_names_weight_branch(hep_tutorial: Path) -> None:
     _, skipped = suggest(inspect_file(hep_tutorial / "zz.root"))
     assert any("dataset.weight_branch" in reason and "EventWeight" in names
                for reason, names in skipped.items())
+
+
+def test_a_missing_file_among_several_names_its_neighbours(tmp_path: Path) -> None:
+    generate_sample(tmp_path, 1000)
+    with pytest.raises(DataError, match=r"signl\.root does not exist\. Check the path\. Did "
+                                        r"you mean 'signal\.root'"):
+        inspect_files([tmp_path / "background.root", tmp_path / "signl.root"])

@@ -8,6 +8,7 @@ is fast on wide files (a real NanoAOD file has about 1000 branches) and on remot
 
 from __future__ import annotations
 
+import glob
 import os
 import struct
 from collections import Counter
@@ -118,7 +119,12 @@ def inspect_files(locations: Sequence[str | os.PathLike[str]], tree: str | None 
     """
     from mlaas_dask.data.dataset import expand
 
-    paths = [p for location in locations for p in expand(os.fspath(location), "", _POLICY)]
+    # globs are expanded; a plain path or URL goes to inspect_file, whose messages are
+    # those of inspecting (a missing file names its nearby files)
+    named = [os.fspath(location) for location in locations]
+    paths = [p for location in named
+             for p in (expand(location, "", _POLICY) if glob.has_magic(location)
+                       else [location])]
     reports = [inspect_file(p, tree=tree, sample_events=sample_events) for p in paths]
     if len(reports) == 1:
         return reports[0]

@@ -193,14 +193,9 @@ def process_partition(events: Any, partition: Partition, plan: PartitionPlan) ->
     selected = len(keep)
     X, nonfinite = plan.spec.transform_with_stats(events, keep)
     y = _labels(events, partition, plan, keep)
-    w = np.full(selected, plan.group_weights[partition.group], dtype=np.float32)
-    if plan.weight_branch:
-        branch = np.asarray(events[plan.weight_branch], dtype=np.float32)[keep]
-        nonfinite_w = ~np.isfinite(branch)
-        if nonfinite_w.any():
-            nonfinite[plan.weight_branch] = int(nonfinite_w.sum())
-            branch = np.where(nonfinite_w, 0.0, branch).astype(np.float32)
-        w *= branch
+    w, bad_weights = event_weights(events, plan, partition.group, keep)
+    if bad_weights:
+        nonfinite[str(plan.weight_branch)] = bad_weights
     out: dict[str, Any] = {
         "stats": {"read": read, "selected": selected, "nonfinite": nonfinite,
                   "group": partition.group},
@@ -222,6 +217,20 @@ def process_partition(events: Any, partition: Partition, plan: PartitionPlan) ->
             y_split, weights=w_split, minlength=plan.n_classes).tolist()
     out["stats"]["weight_signs"] = signs
     return out
+
+
+def event_weights(events: Any, plan: PartitionPlan, group: int,
+                  keep: np.ndarray) -> tuple[np.ndarray, int]:
+    """The physics weight of every kept event (the group's weight times the weight
+    branch, a non-finite value counting as 0), and how many were non-finite."""
+    w = np.full(len(keep), plan.group_weights[group], dtype=np.float32)
+    if not plan.weight_branch:
+        return w, 0
+    branch = np.asarray(events[plan.weight_branch], dtype=np.float32)[keep]
+    bad = ~np.isfinite(branch)
+    if bad.any():
+        branch = np.where(bad, 0.0, branch).astype(np.float32)
+    return w * branch, int(bad.sum())
 
 
 def _ids(events: Any, partition: Partition, plan: PartitionPlan) -> list[np.ndarray]:

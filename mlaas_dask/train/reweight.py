@@ -186,7 +186,7 @@ def sample_matrix(dataset: Any, plan: Any, per_group: int
     """The feature matrix, labels and training weights of the first ``per_group`` events
     of each group (the cut applied, ``dataset.negative_weights`` too): what the
     reweighting is fitted on, read in this process."""
-    from mlaas_dask.train.matrix import _cut_mask, _labels, cut_branches
+    from mlaas_dask.train.matrix import _cut_mask, _labels, cut_branches, event_weights
     from mlaas_dask.train.weights import training_weights
 
     branches = list(dict.fromkeys([*plan.spec.branches(), *cut_branches(plan.cut),
@@ -197,11 +197,8 @@ def sample_matrix(dataset: Any, plan: Any, per_group: int
         keep = (np.flatnonzero(_cut_mask(events, plan.cut)) if plan.cut
                 else np.arange(len(events)))
         partition = next(p for p in dataset.partitions if p.group == group)
-        w = np.full(len(keep), plan.group_weights[group], np.float64)
-        if plan.weight_branch:
-            w *= np.nan_to_num(np.asarray(events[plan.weight_branch], np.float64)[keep],
-                               nan=0.0, posinf=0.0, neginf=0.0)
-        w, kept = training_weights(w, plan.negative_weights)
+        w, kept = training_weights(event_weights(events, plan, group, keep)[0],
+                                   plan.negative_weights)
         keep = keep if kept is None else keep[kept]
         xs.append(plan.spec.transform_with_stats(events, keep)[0])
         ys.append(_labels(events, partition, plan, keep))
